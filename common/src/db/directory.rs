@@ -1,0 +1,315 @@
+//! Clinics, practitioners with their hours, and patients.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use serde::Serialize;
+use sqlx::{FromRow, PgPool};
+use uuid::Uuid;
+
+use crate::domain::slot::{Schedule, ScheduleException, WeeklyHours};
+
+/// A clinic as stored and returned by the API.
+#[derive(Clone, Debug, Serialize, FromRow)]
+pub struct Clinic {
+    /// Id.
+    pub id: Uuid,
+    /// ISO country code; the bookings partition key.
+    pub country_code: String,
+    /// Display name.
+    pub name: String,
+    /// IANA time zone of the clinic's working hours.
+    pub timezone: String,
+    /// Postal address.
+    pub address: Option<String>,
+    /// Phone number.
+    pub phone: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Input of [`insert_clinic`] (already validated).
+#[derive(Clone, Debug)]
+pub struct NewClinic {
+    /// Display name.
+    pub name: String,
+    /// ISO country code.
+    pub country_code: String,
+    /// IANA time zone.
+    pub timezone: String,
+    /// Postal address.
+    pub address: Option<String>,
+    /// Phone number.
+    pub phone: Option<String>,
+}
+
+/// A practitioner as stored and returned by the API.
+#[derive(Clone, Debug, Serialize, FromRow)]
+pub struct Practitioner {
+    /// Id.
+    pub id: Uuid,
+    /// The clinic they work at.
+    pub clinic_id: Uuid,
+    /// Country of the clinic (copied: it routes bookings to their partition).
+    pub country_code: String,
+    /// Display name.
+    pub name: String,
+    /// Specialty, free text.
+    pub specialty: String,
+    /// Slot length.
+    pub slot_minutes: i32,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A patient as stored and returned by the API.
+#[derive(Clone, Debug, Serialize, FromRow)]
+pub struct Patient {
+    /// Id.
+    pub id: Uuid,
+    /// ISO country code.
+    pub country_code: String,
+    /// Name.
+    pub name: String,
+    /// E-mail, unique (case-insensitive).
+    pub email: String,
+    /// Phone number.
+    pub phone: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A practitioner's schedule with what routes their bookings.
+#[derive(Clone, Debug)]
+pub struct PractitionerSchedule {
+    /// Country (bookings partition).
+    pub country_code: String,
+    /// Hours, exceptions, slot length and time zone.
+    pub schedule: Schedule,
+}
+
+/// Inserts a clinic.
+pub async fn insert_clinic(pool: &PgPool, c: &NewClinic) -> Result<Clinic, sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO clinics (id, country_code, name, timezone, address, phone)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&c.country_code)
+    .bind(&c.name)
+    .bind(&c.timezone)
+    .bind(&c.address)
+    .bind(&c.phone)
+    .fetch_one(pool)
+    .await
+}
+
+/// Reads a clinic.
+pub async fn get_clinic(pool: &PgPool, id: Uuid) -> Result<Option<Clinic>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM clinics WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Inserts a practitioner into a clinic; `None` when the clinic does not exist.
+pub async fn insert_practitioner(
+    pool: &PgPool,
+    clinic_id: Uuid,
+    name: &str,
+    specialty: &str,
+    slot_minutes: u32,
+) -> Result<Option<Practitioner>, sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO practitioners (id, clinic_id, country_code, name, specialty, slot_minutes)
+         SELECT $1, c.id, c.country_code, $3, $4, $5 FROM clinics c WHERE c.id = $2
+         RETURNING *",
+    )
+    .bind(Uuid::now_v7())
+    .bind(clinic_id)
+    .bind(name)
+    .bind(specialty)
+    .bind(slot_minutes as i32)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Reads a practitioner.
+pub async fn get_practitioner(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<Option<Practitioner>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM practitioners WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Replaces a practitioner's weekly hours and exceptions in one transaction.
+pub async fn replace_hours(
+    pool: &PgPool,
+    practitioner_id: Uuid,
+    weekly: &[WeeklyHours],
+    exceptions: &[ScheduleException],
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // Lock the practitioner so concurrent replacements serialize instead of interleaving.
+    sqlx::query("SELECT 1 FROM practitioners WHERE id = $1 FOR UPDATE")
+        .bind(practitioner_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM practitioner_hours WHERE practitioner_id = $1")
+        .bind(practitioner_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM schedule_exceptions WHERE practitioner_id = $1")
+        .bind(practitioner_id)
+        .execute(&mut *tx)
+        .await?;
+    let days: Vec<i16> = weekly.iter().map(|h| i16::from(h.weekday)).collect();
+    let starts: Vec<NaiveTime> = weekly.iter().map(|h| h.start).collect();
+    let ends: Vec<NaiveTime> = weekly.iter().map(|h| h.end).collect();
+    sqlx::query(
+        "INSERT INTO practitioner_hours (practitioner_id, weekday, start_local, end_local)
+         SELECT $1, d, s, e FROM unnest($2::int2[], $3::time[], $4::time[]) AS u(d, s, e)",
+    )
+    .bind(practitioner_id)
+    .bind(&days)
+    .bind(&starts)
+    .bind(&ends)
+    .execute(&mut *tx)
+    .await?;
+    let dates: Vec<NaiveDate> = exceptions.iter().map(|e| e.date).collect();
+    let closed: Vec<bool> = exceptions.iter().map(|e| e.hours.is_none()).collect();
+    let ex_starts: Vec<Option<NaiveTime>> =
+        exceptions.iter().map(|e| e.hours.map(|h| h.0)).collect();
+    let ex_ends: Vec<Option<NaiveTime>> = exceptions.iter().map(|e| e.hours.map(|h| h.1)).collect();
+    sqlx::query(
+        "INSERT INTO schedule_exceptions (practitioner_id, day, closed, start_local, end_local)
+         SELECT $1, d, c, s, e FROM unnest($2::date[], $3::bool[], $4::time[], $5::time[]) AS u(d, c, s, e)",
+    )
+    .bind(practitioner_id)
+    .bind(&dates)
+    .bind(&closed)
+    .bind(&ex_starts)
+    .bind(&ex_ends)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Reads the schedules of several practitioners at once (unknown ids are absent).
+pub async fn load_schedules(
+    pool: &PgPool,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, PractitionerSchedule>, sqlx::Error> {
+    let rows: Vec<(Uuid, String, i32, String)> = sqlx::query_as(
+        "SELECT p.id, p.country_code, p.slot_minutes, c.timezone
+         FROM practitioners p JOIN clinics c ON c.id = p.clinic_id WHERE p.id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for (id, country_code, slot_minutes, tz) in rows {
+        // The API validated the zone on the way in; a zone unknown to this build falls back
+        // to UTC rather than making the practitioner unbookable.
+        let tz = tz.parse().unwrap_or(chrono_tz::UTC);
+        let schedule = Schedule {
+            tz,
+            slot_minutes: slot_minutes as u32,
+            weekly: vec![],
+            exceptions: vec![],
+        };
+        out.insert(
+            id,
+            PractitionerSchedule {
+                country_code,
+                schedule,
+            },
+        );
+    }
+    let hours: Vec<(Uuid, i16, NaiveTime, NaiveTime)> = sqlx::query_as(
+        "SELECT practitioner_id, weekday, start_local, end_local FROM practitioner_hours
+         WHERE practitioner_id = ANY($1) ORDER BY practitioner_id, weekday, start_local",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    for (id, weekday, start, end) in hours {
+        if let Some(p) = out.get_mut(&id) {
+            p.schedule.weekly.push(WeeklyHours {
+                weekday: weekday as u8,
+                start,
+                end,
+            });
+        }
+    }
+    let exceptions: Vec<(Uuid, NaiveDate, bool, Option<NaiveTime>, Option<NaiveTime>)> =
+        sqlx::query_as(
+            "SELECT practitioner_id, day, closed, start_local, end_local FROM schedule_exceptions
+         WHERE practitioner_id = ANY($1) ORDER BY practitioner_id, day",
+        )
+        .bind(ids)
+        .fetch_all(pool)
+        .await?;
+    for (id, date, closed, start, end) in exceptions {
+        if let Some(p) = out.get_mut(&id) {
+            let hours = match (closed, start, end) {
+                (false, Some(s), Some(e)) => Some((s, e)),
+                _ => None,
+            };
+            p.schedule
+                .exceptions
+                .push(ScheduleException { date, hours });
+        }
+    }
+    Ok(out)
+}
+
+/// Inserts a patient; `None` when the e-mail address is already registered.
+pub async fn insert_patient(
+    pool: &PgPool,
+    country_code: &str,
+    name: &str,
+    email: &str,
+    phone: Option<&str>,
+) -> Result<Option<Patient>, sqlx::Error> {
+    let res = sqlx::query_as(
+        "INSERT INTO patients (id, country_code, name, email, phone) VALUES ($1, $2, $3, $4, $5)
+         RETURNING *",
+    )
+    .bind(Uuid::now_v7())
+    .bind(country_code)
+    .bind(name)
+    .bind(email)
+    .bind(phone)
+    .fetch_one(pool)
+    .await;
+    match res {
+        Ok(p) => Ok(Some(p)),
+        Err(e) if super::is_unique_violation(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads a patient.
+pub async fn get_patient(pool: &PgPool, id: Uuid) -> Result<Option<Patient>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM patients WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Which of these patients exist (id → country code).
+pub async fn existing_patients(
+    pool: &PgPool,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, String>, sqlx::Error> {
+    let rows: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, country_code FROM patients WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().collect())
+}

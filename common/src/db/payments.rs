@@ -1,0 +1,205 @@
+//! Payment-provider notifications: idempotent on the provider's event id, and racing safely
+//! with expiry because both lock the same booking row.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{
+    bookings::{Actor, Booking, TransitionError, lock_booking, transition},
+    events::{NewEvent, insert_events, types},
+};
+use crate::domain::status::{BookingEvent, BookingStatus};
+
+/// A verified notification from the payment provider.
+#[derive(Clone, Debug)]
+pub struct PaymentNotice {
+    /// The provider's event id (idempotency key).
+    pub event_id: String,
+    /// `payment.succeeded`, `payment.failed` or another type (ignored).
+    pub event_type: String,
+    /// The booking paid for.
+    pub booking_id: Uuid,
+    /// Amount in minor units.
+    pub amount: Option<i64>,
+    /// ISO currency.
+    pub currency: Option<String>,
+}
+
+/// What a notification did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaymentOutcome {
+    /// The hold is now confirmed.
+    Confirmed,
+    /// It was confirmed before.
+    AlreadyConfirmed,
+    /// A failed payment cancelled the hold.
+    Cancelled,
+    /// Money for a hold that expired or was cancelled: refund it.
+    LatePaymentRefundRequired,
+    /// Nothing to do.
+    Ignored,
+}
+
+impl PaymentOutcome {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentOutcome::Confirmed => "confirmed",
+            PaymentOutcome::AlreadyConfirmed => "already_confirmed",
+            PaymentOutcome::Cancelled => "cancelled",
+            PaymentOutcome::LatePaymentRefundRequired => "late_payment_refund_required",
+            PaymentOutcome::Ignored => "ignored",
+        }
+    }
+
+    fn parse(s: &str) -> PaymentOutcome {
+        match s {
+            "confirmed" => PaymentOutcome::Confirmed,
+            "already_confirmed" => PaymentOutcome::AlreadyConfirmed,
+            "cancelled" => PaymentOutcome::Cancelled,
+            "late_payment_refund_required" => PaymentOutcome::LatePaymentRefundRequired,
+            _ => PaymentOutcome::Ignored,
+        }
+    }
+}
+
+/// The result of applying a notice.
+#[derive(Clone, Debug)]
+pub struct PaymentResult {
+    /// The answer to the provider.
+    pub outcome: PaymentOutcome,
+    /// `true` when the event id was seen before (nothing changed this time).
+    pub duplicate: bool,
+    /// The booking after the change, when its status changed now.
+    pub changed: Option<Booking>,
+}
+
+/// Applies a payment notice. `Err(NotFound)` when the booking does not exist (nothing stored).
+pub async fn apply_payment(
+    pool: &PgPool,
+    notice: &PaymentNotice,
+    actor: &Actor,
+) -> Result<PaymentResult, TransitionError> {
+    if let Some(outcome) = stored_outcome(pool, &notice.event_id).await? {
+        return Ok(PaymentResult {
+            outcome,
+            duplicate: true,
+            changed: None,
+        });
+    }
+    let mut tx = pool.begin().await?;
+    let booking = lock_booking(&mut tx, notice.booking_id)
+        .await?
+        .ok_or(TransitionError::NotFound)?;
+    // Checked again under the lock: a duplicate delivered concurrently waited on the row.
+    let dup: Option<(String,)> =
+        sqlx::query_as("SELECT outcome FROM payment_events WHERE event_id = $1")
+            .bind(&notice.event_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if let Some((outcome,)) = dup {
+        return Ok(PaymentResult {
+            outcome: PaymentOutcome::parse(&outcome),
+            duplicate: true,
+            changed: None,
+        });
+    }
+    let past_due = booking.status == BookingStatus::Held
+        && booking
+            .hold_expires_at
+            .is_some_and(|at| at <= chrono::Utc::now());
+    let (outcome, changed) = match (notice.event_type.as_str(), booking.status) {
+        ("payment.succeeded", BookingStatus::Held) if !past_due => {
+            let b = transition(
+                &mut tx,
+                &booking,
+                BookingEvent::PaymentSucceeded,
+                actor,
+                None,
+                Some(&notice.event_id),
+            )
+            .await?;
+            (PaymentOutcome::Confirmed, Some(b))
+        }
+        ("payment.succeeded", BookingStatus::Held) => {
+            // Due but not yet swept: expire it now, so the answer and the state agree.
+            let expirer = Actor {
+                name: "payment-provider".into(),
+                request_id: actor.request_id.clone(),
+            };
+            let b = transition(
+                &mut tx,
+                &booking,
+                BookingEvent::Expire,
+                &expirer,
+                Some("hold_expired"),
+                None,
+            )
+            .await?;
+            late_payment(&mut tx, &b).await?;
+            (PaymentOutcome::LatePaymentRefundRequired, Some(b))
+        }
+        (
+            "payment.succeeded",
+            BookingStatus::Confirmed | BookingStatus::Completed | BookingStatus::NoShow,
+        ) => (PaymentOutcome::AlreadyConfirmed, None),
+        ("payment.succeeded", BookingStatus::Expired | BookingStatus::Cancelled) => {
+            late_payment(&mut tx, &booking).await?;
+            (PaymentOutcome::LatePaymentRefundRequired, None)
+        }
+        ("payment.failed", BookingStatus::Held) => {
+            let b = transition(
+                &mut tx,
+                &booking,
+                BookingEvent::PaymentFailed,
+                actor,
+                Some("payment_failed"),
+                None,
+            )
+            .await?;
+            (PaymentOutcome::Cancelled, Some(b))
+        }
+        _ => (PaymentOutcome::Ignored, None),
+    };
+    sqlx::query(
+        "INSERT INTO payment_events (event_id, booking_id, type, amount, currency, outcome)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&notice.event_id)
+    .bind(notice.booking_id)
+    .bind(&notice.event_type)
+    .bind(notice.amount)
+    .bind(&notice.currency)
+    .bind(outcome.as_str())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(PaymentResult {
+        outcome,
+        duplicate: false,
+        changed,
+    })
+}
+
+async fn stored_outcome(
+    pool: &PgPool,
+    event_id: &str,
+) -> Result<Option<PaymentOutcome>, sqlx::Error> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT outcome FROM payment_events WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|(o,)| PaymentOutcome::parse(&o)))
+}
+
+async fn late_payment(conn: &mut sqlx::PgConnection, booking: &Booking) -> Result<(), sqlx::Error> {
+    insert_events(
+        conn,
+        &[NewEvent {
+            event_type: types::PAYMENT_LATE,
+            data: booking.event_data(Some("refund_required".into())),
+        }],
+    )
+    .await
+}

@@ -1,0 +1,111 @@
+//! Booking requests as clients see them: the poll endpoint's view of a durable decision.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::status::BookingStatus;
+
+/// `GET /v1/booking-requests/{id}`: the request, its decision and, once held, the booking's
+/// current status. Also what Redis caches for the fast path.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestView {
+    /// Request id.
+    pub id: Uuid,
+    /// `queued`, `rejected`, or the booking's status (`held`, `confirmed`, `expired`, …).
+    pub status: String,
+    /// The booking, once held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub booking_id: Option<Uuid>,
+    /// When the hold runs out (while held).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_expires_at: Option<DateTime<Utc>>,
+    /// Why the request was rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The practitioner asked for.
+    pub practitioner_id: Uuid,
+    /// The patient.
+    pub patient_id: Uuid,
+    /// The slot asked for.
+    pub slot_start: DateTime<Utc>,
+    /// When ingress accepted the request.
+    pub submitted_at: DateTime<Utc>,
+    /// When the decision was committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
+impl RequestView {
+    /// Whether the request still waits for its decision.
+    pub fn is_queued(&self) -> bool {
+        self.status == "queued"
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    outcome: String,
+    reason: Option<String>,
+    booking_id: Option<Uuid>,
+    practitioner_id: Uuid,
+    patient_id: Uuid,
+    slot_start: DateTime<Utc>,
+    submitted_at: DateTime<Utc>,
+    decided_at: DateTime<Utc>,
+    status: Option<BookingStatus>,
+    hold_expires_at: Option<DateTime<Utc>>,
+}
+
+impl From<Row> for RequestView {
+    fn from(r: Row) -> Self {
+        let status = match (r.outcome.as_str(), r.status) {
+            ("held", Some(s)) => s.as_str().to_owned(),
+            (outcome, _) => outcome.to_owned(),
+        };
+        RequestView {
+            id: r.id,
+            hold_expires_at: if r.status == Some(BookingStatus::Held) {
+                r.hold_expires_at
+            } else {
+                None
+            },
+            status,
+            booking_id: r.booking_id,
+            reason: r.reason,
+            practitioner_id: r.practitioner_id,
+            patient_id: r.patient_id,
+            slot_start: r.slot_start,
+            submitted_at: r.submitted_at,
+            decided_at: Some(r.decided_at),
+        }
+    }
+}
+
+const DECIDED_VIEWS: &str = "SELECT r.id, r.outcome::text AS outcome, r.reason, r.booking_id,
+        r.practitioner_id, r.patient_id, r.slot_start, r.submitted_at, r.decided_at, b.status,
+        b.hold_expires_at
+    FROM booking_requests r LEFT JOIN bookings b ON b.id = r.booking_id
+    WHERE r.id = ANY($1)";
+
+/// The decided views of these requests (undecided ones are absent).
+pub async fn decided_views<'c, E>(
+    executor: E,
+    ids: &[Uuid],
+) -> Result<Vec<RequestView>, sqlx::Error>
+where
+    E: sqlx::PgExecutor<'c>,
+{
+    let rows: Vec<Row> = sqlx::query_as(DECIDED_VIEWS)
+        .bind(ids)
+        .fetch_all(executor)
+        .await?;
+    Ok(rows.into_iter().map(RequestView::from).collect())
+}
+
+/// The decided view of one request, `None` while undecided or unknown.
+pub async fn decided_view(pool: &PgPool, id: Uuid) -> Result<Option<RequestView>, sqlx::Error> {
+    Ok(decided_views(pool, &[id]).await?.pop())
+}

@@ -1,0 +1,116 @@
+//! Parsing of API input fields into validated values. Each function returns a message meant
+//! for the client (it ends up in a problem+json `errors[]` entry).
+
+use chrono::NaiveTime;
+use chrono_tz::Tz;
+
+/// A trimmed, non-empty, bounded display name.
+pub fn name(raw: &str, max: usize) -> Result<String, String> {
+    let v = raw.trim();
+    if v.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if v.chars().count() > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    if v.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(v.to_owned())
+}
+
+/// An ISO 3166-1 alpha-2 country code, upper-cased.
+pub fn country_code(raw: &str) -> Result<String, String> {
+    let v = raw.trim().to_ascii_uppercase();
+    if v.len() == 2 && v.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(v)
+    } else {
+        Err("must be a two-letter ISO 3166-1 country code".into())
+    }
+}
+
+/// An IANA time zone name.
+pub fn timezone(raw: &str) -> Result<Tz, String> {
+    raw.trim()
+        .parse::<Tz>()
+        .map_err(|_| "must be an IANA time zone such as Europe/Paris".into())
+}
+
+/// A plausible e-mail address (one `@`, non-empty parts, a dot in the domain, no spaces).
+pub fn email(raw: &str) -> Result<String, String> {
+    let v = raw.trim();
+    let ok = v.len() <= 254
+        && !v.chars().any(|c| c.is_whitespace() || c.is_control())
+        && matches!(v.split_once('@'), Some((local, domain))
+            if !local.is_empty() && !domain.contains('@') && domain.contains('.')
+               && !domain.starts_with('.') && !domain.ends_with('.'));
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err("must be an e-mail address".into())
+    }
+}
+
+/// A phone number: digits with optional `+`, spaces, dashes, dots and parentheses.
+pub fn phone(raw: &str) -> Result<String, String> {
+    let v = raw.trim();
+    let digits = v.chars().filter(char::is_ascii_digit).count();
+    let ok = (4..=20).contains(&digits)
+        && v.len() <= 32
+        && v.chars()
+            .all(|c| c.is_ascii_digit() || " +-.()".contains(c));
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err("must be a phone number".into())
+    }
+}
+
+/// Slot length in minutes: 5 to 480, a multiple of 5.
+pub fn slot_minutes(v: i64) -> Result<u32, String> {
+    if (5..=480).contains(&v) && v % 5 == 0 {
+        Ok(v as u32)
+    } else {
+        Err("must be a multiple of 5 between 5 and 480".into())
+    }
+}
+
+/// A local time of day written `HH:MM`, on a 5-minute grid.
+pub fn local_time(raw: &str) -> Result<NaiveTime, String> {
+    let t = NaiveTime::parse_from_str(raw, "%H:%M")
+        .map_err(|_| "must be a local time HH:MM".to_string())?;
+    if chrono::Timelike::minute(&t) % 5 != 0 {
+        return Err("must be on a 5-minute grid".into());
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_accept_good_and_refuse_bad_values() {
+        assert_eq!(name("  Dr. Ada  ", 10), Ok("Dr. Ada".into()));
+        assert!(name("   ", 10).is_err());
+        assert!(name("x\u{0}y", 10).is_err());
+        assert_eq!(country_code("fr"), Ok("FR".into()));
+        assert!(country_code("FRA").is_err());
+        assert!(country_code("F1").is_err());
+        assert!(timezone("Europe/Paris").is_ok());
+        assert!(timezone("Mars/Olympus").is_err());
+        assert!(email("a@b.example").is_ok());
+        for bad in ["a@b", "@b.example", "a b@c.de", "a@@b.de", "a@.de"] {
+            assert!(email(bad).is_err(), "{bad}");
+        }
+        assert!(phone("+33 1 23 45 67 89").is_ok());
+        assert!(phone("call me").is_err());
+        assert_eq!(slot_minutes(30), Ok(30));
+        assert!(slot_minutes(7).is_err());
+        assert!(slot_minutes(0).is_err());
+        assert!(local_time("09:00").is_ok());
+        assert!(local_time("09:03").is_err());
+        assert!(local_time("25:00").is_err());
+        assert!(local_time("9am").is_err());
+    }
+}

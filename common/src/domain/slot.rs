@@ -1,0 +1,266 @@
+//! The slot grid.
+//!
+//! Slots are not stored: a slot is valid when it starts on the practitioner's grid inside
+//! working hours (local to the clinic's IANA time zone), is not on a closed day, lies in the
+//! future and within the booking horizon. Local wall-clock times are what practitioners
+//! publish, so the check converts the UTC instant to local time:
+//! - a 09:00 slot stays 09:00 local across a DST change (its UTC instant moves);
+//! - local times skipped by a spring-forward gap have no UTC instant, so no slot exists there;
+//! - local times repeated by an autumn fall-back map to two instants; only the first (the
+//!   earlier offset) is a slot, so the same wall-clock slot cannot be booked twice.
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, TimeZone, Timelike, Utc};
+use chrono_tz::Tz;
+
+/// One weekly working interval, local time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeeklyHours {
+    /// ISO weekday, Monday = 1 … Sunday = 7.
+    pub weekday: u8,
+    /// Local start of work.
+    pub start: NaiveTime,
+    /// Local end of work (a slot must end by then).
+    pub end: NaiveTime,
+}
+
+/// A dated exception to the weekly hours.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleException {
+    /// Local date.
+    pub date: NaiveDate,
+    /// `None`: closed all day; `Some((start, end))`: these hours instead of the weekly ones.
+    pub hours: Option<(NaiveTime, NaiveTime)>,
+}
+
+/// Everything needed to decide whether an instant is a bookable slot.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// The clinic's time zone.
+    pub tz: Tz,
+    /// Slot length.
+    pub slot_minutes: u32,
+    /// Weekly hours.
+    pub weekly: Vec<WeeklyHours>,
+    /// Dated exceptions.
+    pub exceptions: Vec<ScheduleException>,
+}
+
+/// Why an instant is not a bookable slot; `reason()` is the code used in decisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SlotProblem {
+    /// The slot starts now or earlier.
+    #[error("the slot starts in the past")]
+    InPast,
+    /// The slot is further ahead than the booking horizon.
+    #[error("the slot is beyond the booking horizon")]
+    BeyondHorizon,
+    /// The instant is not on the practitioner's slot grid.
+    #[error("the time is not on the practitioner's slot grid")]
+    OffGrid,
+    /// The slot is not inside the practitioner's working hours that day.
+    #[error("the slot is outside the practitioner's working hours")]
+    OutsideHours,
+}
+
+impl SlotProblem {
+    /// The machine-readable rejection reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            SlotProblem::InPast => "in_past",
+            SlotProblem::BeyondHorizon => "beyond_horizon",
+            SlotProblem::OffGrid | SlotProblem::OutsideHours => "invalid_slot",
+        }
+    }
+}
+
+impl Schedule {
+    /// Checks that `start` is a bookable slot at `now`; returns the slot's end.
+    pub fn check(
+        &self,
+        start: DateTime<Utc>,
+        now: DateTime<Utc>,
+        horizon_days: u32,
+    ) -> Result<DateTime<Utc>, SlotProblem> {
+        if start <= now {
+            return Err(SlotProblem::InPast);
+        }
+        if start > now + Duration::days(i64::from(horizon_days)) {
+            return Err(SlotProblem::BeyondHorizon);
+        }
+        if start.timestamp_subsec_nanos() != 0 || start.second() != 0 {
+            return Err(SlotProblem::OffGrid);
+        }
+        let local = start.with_timezone(&self.tz);
+        // The second occurrence of a repeated (fall-back) local time is not a slot.
+        let first = self.tz.from_local_datetime(&local.naive_local()).earliest();
+        if first.map(|f| f.with_timezone(&Utc)) != Some(start) {
+            return Err(SlotProblem::OffGrid);
+        }
+        let date = local.date_naive();
+        let time = local.time();
+        let intervals = self.intervals_on(date);
+        let minute = minutes(time);
+        let len = self.slot_minutes;
+        for (from, to) in intervals {
+            let (from, to) = (minutes(from), minutes(to));
+            if minute >= from && minute < to {
+                if (minute - from) % len != 0 {
+                    return Err(SlotProblem::OffGrid);
+                }
+                if minute + len <= to {
+                    return Ok(start + Duration::minutes(i64::from(len)));
+                }
+            }
+        }
+        Err(SlotProblem::OutsideHours)
+    }
+
+    /// Working intervals of a local date: the exception's, else the weekly ones.
+    pub fn intervals_on(&self, date: NaiveDate) -> Vec<(NaiveTime, NaiveTime)> {
+        if let Some(ex) = self.exceptions.iter().find(|e| e.date == date) {
+            return ex.hours.into_iter().collect();
+        }
+        let weekday = date.weekday().number_from_monday() as u8;
+        self.weekly
+            .iter()
+            .filter(|h| h.weekday == weekday)
+            .map(|h| (h.start, h.end))
+            .collect()
+    }
+}
+
+fn minutes(t: NaiveTime) -> u32 {
+    t.hour() * 60 + t.minute()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> NaiveTime {
+        NaiveTime::parse_from_str(s, "%H:%M").expect("test time")
+    }
+
+    fn paris_weekdays() -> Schedule {
+        Schedule {
+            tz: chrono_tz::Europe::Paris,
+            slot_minutes: 30,
+            weekly: (1..=7)
+                .map(|d| WeeklyHours {
+                    weekday: d,
+                    start: t("01:00"),
+                    end: t("17:00"),
+                })
+                .collect(),
+            exceptions: vec![],
+        }
+    }
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("test instant")
+            .with_timezone(&Utc)
+    }
+
+    const NOW: &str = "2026-03-01T00:00:00Z";
+
+    #[test]
+    fn a_slot_on_the_grid_inside_hours_is_valid() {
+        let s = paris_weekdays();
+        // 09:00 Paris in winter is 08:00 UTC.
+        let end = s
+            .check(utc("2026-03-02T08:00:00Z"), utc(NOW), 60)
+            .expect("valid");
+        assert_eq!(end, utc("2026-03-02T08:30:00Z"));
+    }
+
+    #[test]
+    fn off_grid_outside_hours_past_and_horizon_are_refused() {
+        let s = paris_weekdays();
+        assert_eq!(
+            s.check(utc("2026-03-02T08:10:00Z"), utc(NOW), 60),
+            Err(SlotProblem::OffGrid)
+        );
+        assert_eq!(
+            s.check(utc("2026-03-02T08:00:30Z"), utc(NOW), 60),
+            Err(SlotProblem::OffGrid)
+        );
+        assert_eq!(
+            s.check(utc("2026-03-02T18:00:00Z"), utc(NOW), 60),
+            Err(SlotProblem::OutsideHours)
+        );
+        // 16:30 local ends 17:00: the last slot; 16:45 would be off grid anyway.
+        assert!(s.check(utc("2026-03-02T15:30:00Z"), utc(NOW), 60).is_ok());
+        assert_eq!(
+            s.check(utc("2026-02-27T08:00:00Z"), utc(NOW), 60),
+            Err(SlotProblem::InPast)
+        );
+        assert_eq!(
+            s.check(utc("2026-06-02T08:00:00Z"), utc(NOW), 60),
+            Err(SlotProblem::BeyondHorizon)
+        );
+    }
+
+    #[test]
+    fn nine_local_stays_nine_local_across_spring_forward() {
+        let s = paris_weekdays();
+        // 2026-03-29: Paris moves from UTC+1 to UTC+2.
+        assert!(s.check(utc("2026-03-28T08:00:00Z"), utc(NOW), 60).is_ok()); // 09:00 +01
+        assert!(s.check(utc("2026-03-30T07:00:00Z"), utc(NOW), 60).is_ok()); // 09:00 +02
+        // The instant 08:00Z on the 30th is 10:00 local, still a valid slot, but 07:15Z is not.
+        assert_eq!(
+            s.check(utc("2026-03-30T07:15:00Z"), utc(NOW), 60),
+            Err(SlotProblem::OffGrid)
+        );
+        // 02:00–03:00 local does not exist on the 29th: 01:30 +01 is followed by 03:00 +02.
+        assert!(s.check(utc("2026-03-29T00:30:00Z"), utc(NOW), 60).is_ok()); // 01:30 +01
+        assert!(s.check(utc("2026-03-29T01:00:00Z"), utc(NOW), 60).is_ok()); // 03:00 +02
+    }
+
+    #[test]
+    fn a_repeated_local_hour_in_autumn_yields_one_slot_not_two() {
+        let s = paris_weekdays();
+        let now = utc("2026-10-01T00:00:00Z");
+        // 2026-10-25: 02:30 local happens at 00:30Z (+02) and again at 01:30Z (+01).
+        assert!(s.check(utc("2026-10-25T00:30:00Z"), now, 60).is_ok());
+        assert_eq!(
+            s.check(utc("2026-10-25T01:30:00Z"), now, 60),
+            Err(SlotProblem::OffGrid)
+        );
+    }
+
+    #[test]
+    fn exceptions_replace_weekly_hours() {
+        let mut s = paris_weekdays();
+        let day = NaiveDate::from_ymd_opt(2026, 3, 2).expect("date");
+        s.exceptions.push(ScheduleException {
+            date: day,
+            hours: None,
+        });
+        assert_eq!(
+            s.check(utc("2026-03-02T08:00:00Z"), utc(NOW), 60),
+            Err(SlotProblem::OutsideHours)
+        );
+        s.exceptions[0].hours = Some((t("13:00"), t("14:00")));
+        assert!(s.check(utc("2026-03-02T12:00:00Z"), utc(NOW), 60).is_ok());
+        assert_eq!(
+            s.check(utc("2026-03-02T08:00:00Z"), utc(NOW), 60),
+            Err(SlotProblem::OutsideHours)
+        );
+    }
+
+    #[test]
+    fn a_slot_must_fit_before_the_end_of_hours() {
+        let mut s = paris_weekdays();
+        s.weekly = vec![WeeklyHours {
+            weekday: 1,
+            start: t("09:00"),
+            end: t("09:45"),
+        }];
+        assert!(s.check(utc("2026-03-02T08:00:00Z"), utc(NOW), 60).is_ok());
+        assert_eq!(
+            s.check(utc("2026-03-02T08:30:00Z"), utc(NOW), 60),
+            Err(SlotProblem::OutsideHours)
+        );
+    }
+}

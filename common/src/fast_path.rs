@@ -1,0 +1,222 @@
+//! The Redis fast path around PostgreSQL: request status for polling, idempotency records,
+//! the availability pre-check, and the "decided" announcements that wake long-polls.
+//!
+//! PostgreSQL stays the truth. Everything here may be lost or stale: a lost status falls back
+//! to PostgreSQL, a stale availability bit costs a needless trip through the queue (the unique
+//! index still decides), a lost announcement is covered by the long-poll's periodic re-check.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+use uuid::Uuid;
+
+use crate::{
+    db::requests::RequestView,
+    redis_keys::{Keys, availability_bit},
+};
+
+/// How long idempotency keys and final statuses are remembered.
+pub const REMEMBER: Duration = Duration::from_secs(24 * 3600);
+
+/// Result of registering a submission.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// New request: status `queued` recorded, the job may be pushed.
+    Admitted,
+    /// The Idempotency-Key was used before for this request id, with this body hash.
+    Replay {
+        /// The original request id.
+        request_id: Uuid,
+        /// Whether the bodies match.
+        same_body: bool,
+    },
+    /// The availability bitmap already shows the slot taken.
+    SlotTaken,
+}
+
+// Atomic admission: idempotency replay first (a replay must answer like the original even if
+// the slot has been taken since), then the availability pre-check, then the idempotency
+// record and the `queued` status together, so a replay never sees a key without a status.
+// KEYS: 1 idempotency key ("" if none), 2 request status key, 3 availability key ("" = no check)
+// ARGV: 1 body hash, 2 request id, 3 status JSON, 4 availability bit, 5 ttl seconds
+const ADMIT_LUA: &str = r"
+if KEYS[1] ~= '' then
+  local prior = redis.call('GET', KEYS[1])
+  if prior then return {'replay', prior} end
+end
+if KEYS[3] ~= '' and redis.call('GETBIT', KEYS[3], tonumber(ARGV[4])) == 1 then
+  return {'taken', ''}
+end
+if KEYS[1] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'EX', ARGV[5])
+end
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[5])
+return {'ok', ''}
+";
+
+/// Redis operations of the fast path, for one namespace.
+#[derive(Clone)]
+pub struct FastPath {
+    conn: ConnectionManager,
+    keys: Keys,
+    admit: redis::Script,
+}
+
+impl FastPath {
+    /// Uses `conn` for namespace `namespace`.
+    pub fn new(conn: ConnectionManager, namespace: &str) -> Self {
+        Self {
+            conn,
+            keys: Keys::new(namespace),
+            admit: redis::Script::new(ADMIT_LUA),
+        }
+    }
+
+    /// The key builder.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Registers a submission (see [`Admission`]).
+    pub async fn admit(
+        &self,
+        view: &RequestView,
+        idempotency_key: Option<&str>,
+        body_hash: &str,
+        precheck: bool,
+    ) -> redis::RedisResult<Admission> {
+        let status = serde_json::to_string(view).map_err(json_err)?;
+        let idem = idempotency_key
+            .map(|k| self.keys.idempotency(k))
+            .unwrap_or_default();
+        let avail = if precheck {
+            self.keys
+                .availability(view.practitioner_id, view.slot_start)
+        } else {
+            String::new()
+        };
+        let (verdict, prior): (String, String) = self
+            .admit
+            .key(idem)
+            .key(self.keys.request(view.id))
+            .key(avail)
+            .arg(body_hash)
+            .arg(view.id.to_string())
+            .arg(status)
+            .arg(availability_bit(view.slot_start))
+            .arg(REMEMBER.as_secs())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(match verdict.as_str() {
+            "replay" => {
+                let (hash, id) = prior.split_once('|').unwrap_or(("", ""));
+                match id.parse() {
+                    Ok(request_id) => Admission::Replay {
+                        request_id,
+                        same_body: hash == body_hash,
+                    },
+                    // A corrupt record cannot be honoured; treat the key as reused with another body.
+                    Err(_) => Admission::Replay {
+                        request_id: Uuid::nil(),
+                        same_body: false,
+                    },
+                }
+            }
+            "taken" => Admission::SlotTaken,
+            _ => Admission::Admitted,
+        })
+    }
+
+    /// Undoes [`admit`](Self::admit) when the job could not be enqueued.
+    pub async fn revoke(
+        &self,
+        request_id: Uuid,
+        idempotency_key: Option<&str>,
+    ) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.del(self.keys.request(request_id)).ignore();
+        if let Some(k) = idempotency_key {
+            pipe.del(self.keys.idempotency(k)).ignore();
+        }
+        pipe.query_async(&mut self.conn.clone()).await
+    }
+
+    /// The cached status of a request.
+    pub async fn status(&self, id: Uuid) -> redis::RedisResult<Option<RequestView>> {
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(self.keys.request(id))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(raw.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    /// After a batch commit: caches each decision, marks held (and found-taken) slots taken,
+    /// and announces the decided ids. One round trip.
+    pub async fn publish_decisions(&self, views: &[RequestView]) -> redis::RedisResult<()> {
+        if views.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        let now = Utc::now();
+        let mut ids = String::with_capacity(views.len() * 37);
+        for v in views {
+            let json = serde_json::to_string(v).map_err(json_err)?;
+            // A held status is only cached until the hold expires; after that the poll asks
+            // PostgreSQL, which knows whether it was paid or expired.
+            let ttl = match (v.status.as_str(), v.hold_expires_at) {
+                ("held", Some(at)) => (at - now).num_seconds().max(1) as u64,
+                _ => REMEMBER.as_secs(),
+            };
+            pipe.set_ex(self.keys.request(v.id), json, ttl).ignore();
+            if v.status == "held" || v.reason.as_deref() == Some("slot_taken") {
+                self.mark(&mut pipe, v.practitioner_id, v.slot_start, true);
+            }
+            if !ids.is_empty() {
+                ids.push(',');
+            }
+            ids.push_str(&v.id.to_string());
+        }
+        pipe.publish(self.keys.decided_channel(), ids).ignore();
+        pipe.query_async(&mut self.conn.clone()).await
+    }
+
+    /// After a booking changed status (confirmed, expired, cancelled): drops the cached request
+    /// status so polls read PostgreSQL, and frees the slot's bit when the slot is free again.
+    pub async fn booking_changed(
+        &self,
+        changes: &[(Uuid, Uuid, DateTime<Utc>, bool)],
+    ) -> redis::RedisResult<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (request_id, practitioner_id, slot_start, freed) in changes {
+            pipe.del(self.keys.request(*request_id)).ignore();
+            if *freed {
+                self.mark(&mut pipe, *practitioner_id, *slot_start, false);
+            }
+        }
+        pipe.query_async(&mut self.conn.clone()).await
+    }
+
+    fn mark(
+        &self,
+        pipe: &mut redis::Pipeline,
+        practitioner: Uuid,
+        slot_start: DateTime<Utc>,
+        taken: bool,
+    ) {
+        let key = self.keys.availability(practitioner, slot_start);
+        pipe.setbit(&key, availability_bit(slot_start) as usize, taken)
+            .ignore();
+        // Keep the bitmap a day past its date; it is only a cache.
+        let day_end =
+            slot_start.timestamp() - i64::from(availability_bit(slot_start)) * 60 + 2 * 86_400;
+        pipe.expire_at(&key, day_end).ignore();
+    }
+}
+
+fn json_err(e: serde_json::Error) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Client, "json", e.to_string()))
+}

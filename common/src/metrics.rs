@@ -1,0 +1,190 @@
+//! Prometheus metrics: one registry per process (no global state, so tests can run several
+//! components in one process). Names follow Prometheus conventions with the `slotq_` prefix.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Every metric slotq exports; each process updates the ones it owns.
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// HTTP requests by route, method and status.
+    pub http_requests: IntCounterVec,
+    /// HTTP latency by route and method.
+    pub http_duration: HistogramVec,
+    /// Submissions by result (accepted, replayed, slot_taken, shed, invalid).
+    pub submissions: IntCounterVec,
+    /// Decisions by outcome and reason.
+    pub decisions: IntCounterVec,
+    /// Submit → durable decision latency.
+    pub decision_latency: HistogramVec,
+    /// Requests per committed batch.
+    pub batch_size: HistogramVec,
+    /// Batch transaction duration.
+    pub commit_duration: HistogramVec,
+    /// Batch attempts retried after a transient error.
+    pub batch_retries: IntCounter,
+    /// Queue depth by state (ready, scheduled, inflight, dead).
+    pub queue_depth: IntGaugeVec,
+    /// Holds expired by the scheduler.
+    pub holds_expired: IntCounter,
+    /// now − hold_expires_at at expiry.
+    pub expiry_lag: HistogramVec,
+    /// Payment webhooks by outcome (including `unauthorized`, `unknown_booking`).
+    pub payment_webhooks: IntCounterVec,
+    /// Database pool connections by state (in_use, idle).
+    pub db_pool: IntGaugeVec,
+    /// Whether this process is shutting down (1) or serving (0).
+    pub shutting_down: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| unreachable!("{e}"));
+            registry
+                .register(Box::new(c.clone()))
+                .unwrap_or_else(|e| unreachable!("{e}"));
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                .unwrap_or_else(|e| unreachable!("{e}"));
+            registry
+                .register(Box::new(h.clone()))
+                .unwrap_or_else(|e| unreachable!("{e}"));
+            h
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| unreachable!("{e}"));
+            registry
+                .register(Box::new(g.clone()))
+                .unwrap_or_else(|e| unreachable!("{e}"));
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("{e}"));
+            registry
+                .register(Box::new(c.clone()))
+                .unwrap_or_else(|e| unreachable!("{e}"));
+            c
+        };
+        let latency = LATENCY_BUCKETS.to_vec();
+        let m = Metrics {
+            http_requests: counter_vec(
+                "slotq_http_requests_total",
+                "HTTP requests served.",
+                &["route", "method", "status"],
+            ),
+            http_duration: histogram(
+                "slotq_http_request_duration_seconds",
+                "HTTP request latency.",
+                &["route", "method"],
+                latency.clone(),
+            ),
+            submissions: counter_vec(
+                "slotq_booking_submissions_total",
+                "Booking request submissions by result.",
+                &["result"],
+            ),
+            decisions: counter_vec(
+                "slotq_booking_decisions_total",
+                "Durable booking decisions by outcome and reason.",
+                &["outcome", "reason"],
+            ),
+            decision_latency: histogram(
+                "slotq_decision_latency_seconds",
+                "Time from submission to durable decision.",
+                &[],
+                latency.clone(),
+            ),
+            batch_size: histogram(
+                "slotq_batch_size",
+                "Requests decided per batch transaction.",
+                &[],
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+            ),
+            commit_duration: histogram(
+                "slotq_batch_commit_duration_seconds",
+                "Duration of one batch transaction.",
+                &[],
+                latency.clone(),
+            ),
+            batch_retries: counter(
+                "slotq_batch_retries_total",
+                "Batch transactions retried after a transient error.",
+            ),
+            queue_depth: gauge_vec(
+                "slotq_queue_depth",
+                "Jobs in the hold queue by state.",
+                &["state"],
+            ),
+            holds_expired: counter(
+                "slotq_holds_expired_total",
+                "Holds expired by the scheduler.",
+            ),
+            expiry_lag: histogram(
+                "slotq_expiry_lag_seconds",
+                "Delay between a hold's expiry time and its expiry.",
+                &[],
+                latency,
+            ),
+            payment_webhooks: counter_vec(
+                "slotq_payment_webhooks_total",
+                "Payment webhooks by outcome.",
+                &["outcome"],
+            ),
+            db_pool: gauge_vec(
+                "slotq_db_pool_connections",
+                "Database pool connections by state.",
+                &["state"],
+            ),
+            shutting_down: {
+                let g = IntGauge::new(
+                    "slotq_shutting_down",
+                    "1 while the process drains before exit.",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}"));
+                registry
+                    .register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| unreachable!("{e}"));
+                g
+            },
+            registry,
+        };
+        m
+    }
+
+    /// Records the pool's state (call before rendering).
+    pub fn observe_pool(&self, pool: &sqlx::PgPool) {
+        let idle = pool.num_idle() as i64;
+        self.db_pool.with_label_values(&["idle"]).set(idle);
+        self.db_pool
+            .with_label_values(&["in_use"])
+            .set(i64::from(pool.size()) - idle);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec only fails on invalid metric families, which `new` rules out.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
