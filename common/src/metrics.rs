@@ -2,8 +2,8 @@
 //! components in one process). Names follow Prometheus conventions with the `slotq_` prefix.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -23,11 +23,11 @@ pub struct Metrics {
     /// Decisions by outcome and reason.
     pub decisions: IntCounterVec,
     /// Submit → durable decision latency.
-    pub decision_latency: HistogramVec,
+    pub decision_latency: Histogram,
     /// Requests per committed batch.
-    pub batch_size: HistogramVec,
+    pub batch_size: Histogram,
     /// Batch transaction duration.
-    pub commit_duration: HistogramVec,
+    pub commit_duration: Histogram,
     /// Batch attempts retried after a transient error.
     pub batch_retries: IntCounter,
     /// Queue depth by state (ready, scheduled, inflight, dead).
@@ -35,7 +35,7 @@ pub struct Metrics {
     /// Holds expired by the scheduler.
     pub holds_expired: IntCounter,
     /// now − hold_expires_at at expiry.
-    pub expiry_lag: HistogramVec,
+    pub expiry_lag: Histogram,
     /// Payment webhooks by outcome (including `unauthorized`, `unknown_booking`).
     pub payment_webhooks: IntCounterVec,
     /// Database pool connections by state (in_use, idle).
@@ -72,6 +72,14 @@ impl Metrics {
                 .unwrap_or_else(|e| unreachable!("{e}"));
             g
         };
+        let plain_histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .unwrap_or_else(|e| unreachable!("{e}"));
+            registry
+                .register(Box::new(h.clone()))
+                .unwrap_or_else(|e| unreachable!("{e}"));
+            h
+        };
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("{e}"));
             registry
@@ -102,22 +110,19 @@ impl Metrics {
                 "Durable booking decisions by outcome and reason.",
                 &["outcome", "reason"],
             ),
-            decision_latency: histogram(
+            decision_latency: plain_histogram(
                 "slotq_decision_latency_seconds",
                 "Time from submission to durable decision.",
-                &[],
                 latency.clone(),
             ),
-            batch_size: histogram(
+            batch_size: plain_histogram(
                 "slotq_batch_size",
                 "Requests decided per batch transaction.",
-                &[],
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
             ),
-            commit_duration: histogram(
+            commit_duration: plain_histogram(
                 "slotq_batch_commit_duration_seconds",
                 "Duration of one batch transaction.",
-                &[],
                 latency.clone(),
             ),
             batch_retries: counter(
@@ -133,10 +138,9 @@ impl Metrics {
                 "slotq_holds_expired_total",
                 "Holds expired by the scheduler.",
             ),
-            expiry_lag: histogram(
+            expiry_lag: plain_histogram(
                 "slotq_expiry_lag_seconds",
                 "Delay between a hold's expiry time and its expiry.",
-                &[],
                 latency,
             ),
             payment_webhooks: counter_vec(

@@ -1,1 +1,203 @@
-//! placeholder
+//! slotq-ingress: the REST API.
+//!
+//! Handlers are thin: extract → parse into domain values → one call into `slotq-common` →
+//! response. The booking path never takes a database lock: it validates (cached reads),
+//! registers the request in Redis (idempotency, availability pre-check, `queued` status),
+//! pushes the job and answers 202. See `ARCHITECTURE.md` for the whole data path.
+
+pub mod decisions;
+pub mod error;
+pub mod extract;
+pub mod lookup;
+pub mod routes;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    middleware::{self, Next},
+    response::Response,
+};
+use slotq_common::{
+    config::Config, fast_path::FastPath, metrics::Metrics, queue::HoldStorage, shutdown::Shutdown,
+};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+
+/// Everything a handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// PostgreSQL.
+    pub pool: PgPool,
+    /// Redis for the fast path.
+    pub redis: redis::aio::ConnectionManager,
+    /// Status cache, idempotency, availability.
+    pub fast: FastPath,
+    /// The hold queue.
+    pub queue: HoldStorage,
+    /// Cached validation look-ups.
+    pub lookup: lookup::Lookup,
+    /// Decided request ids announced by the workers.
+    pub decided: decisions::Decided,
+    /// Ready jobs in the queue, refreshed in the background (load shedding).
+    pub queue_ready: Arc<AtomicU64>,
+    /// Metrics of this process.
+    pub metrics: Arc<Metrics>,
+    /// Set when the process drains.
+    pub shutdown: Shutdown,
+}
+
+impl AppState {
+    /// Connects to PostgreSQL and Redis and starts the background tasks (decision listener,
+    /// queue-depth refresher).
+    pub async fn connect(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let pool = slotq_common::db::connect(&config.database_url, config.db_max_connections)
+            .await
+            .context("connecting to PostgreSQL")?;
+        if config.auto_migrate {
+            slotq_common::db::migrate(&pool)
+                .await
+                .context("applying migrations")?;
+        }
+        let client = redis::Client::open(config.redis_url.as_str()).context("parsing REDIS_URL")?;
+        let redis = client
+            .get_connection_manager()
+            .await
+            .context("connecting to Redis")?;
+        let fast = FastPath::new(redis.clone(), &config.redis_namespace);
+        let queue = slotq_common::queue::hold_storage(redis.clone(), &config);
+        let (decided, _) = tokio::sync::broadcast::channel(8192);
+        decisions::listen(client, fast.keys().decided_channel(), decided.clone());
+        let state = AppState {
+            lookup: lookup::Lookup::new(pool.clone()),
+            config: Arc::new(config),
+            pool,
+            redis,
+            fast,
+            queue,
+            decided,
+            queue_ready: Arc::new(AtomicU64::new(0)),
+            metrics: Arc::new(Metrics::new()),
+            shutdown,
+        };
+        state.spawn_depth_refresher();
+        Ok(state)
+    }
+
+    fn spawn_depth_refresher(&self) {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut conn = state.redis.clone();
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while !state.shutdown.is_stopping() {
+                tick.tick().await;
+                match slotq_common::queue::depth(&mut conn, &state.config).await {
+                    Ok(d) => {
+                        state.queue_ready.store(d.ready, Ordering::Relaxed);
+                        for (label, v) in [
+                            ("ready", d.ready),
+                            ("scheduled", d.scheduled),
+                            ("inflight", d.inflight),
+                            ("dead", d.dead),
+                        ] {
+                            state
+                                .metrics
+                                .queue_depth
+                                .with_label_values(&[label])
+                                .set(v as i64);
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "queue depth unavailable"),
+                }
+            }
+        });
+    }
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let request_id = axum::http::HeaderName::from_static("x-request-id");
+    routes::router()
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let id = req.extensions().get::<RequestId>().and_then(|r| r.header_value().to_str().ok()).unwrap_or("-");
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Counts and times every request by route template (not raw path: ids would explode the
+/// label set).
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let res = next.run(req).await;
+    let m = &state.metrics;
+    m.http_requests
+        .with_label_values(&[&route, &method, res.status().as_str()])
+        .inc();
+    m.http_duration
+        .with_label_values(&[&route, &method])
+        .observe(started.elapsed().as_secs_f64());
+    res
+}
+
+/// A running ingress (tests start it in-process).
+pub struct Running {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The shared state.
+    pub state: AppState,
+    /// Resolves when the server has stopped.
+    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Binds `listener` and serves until `shutdown` fires; in-flight requests finish first.
+pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Running> {
+    let addr = listener.local_addr()?;
+    let app = app(state.clone());
+    let shutdown = state.shutdown.clone();
+    let metrics = state.metrics.clone();
+    let handle = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.wait().await;
+            metrics.shutting_down.set(1);
+        })
+        .await
+        .context("serving HTTP")
+    });
+    Ok(Running {
+        addr,
+        state,
+        handle,
+    })
+}

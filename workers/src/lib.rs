@@ -1,1 +1,114 @@
-//! placeholder
+//! slotq-workers: the apalis worker pool that turns queued booking requests into durable
+//! decisions, in batches (see [`hold_batcher`]).
+//!
+//! Each process registers one apalis worker with a unique name (host + pid + random suffix),
+//! so a killed process's in-flight jobs are recognisable as orphans: once its heartbeat is
+//! `WORKER_HEARTBEAT_MS × WORKER_MISSED_HEARTBEATS` old, a live worker re-enqueues them.
+
+pub mod hold_batcher;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use apalis::prelude::*;
+use slotq_common::{
+    admin::{self, AdminState},
+    config::Config,
+    fast_path::FastPath,
+    metrics::Metrics,
+    queue::HoldJob,
+    shutdown::Shutdown,
+};
+
+use crate::hold_batcher::{Batcher, Committer};
+
+/// The job handler: waits for the job's batch to commit. An error leaves the job to apalis'
+/// retry scheduling.
+async fn handle(job: HoldJob, batcher: Data<Batcher>) -> Result<(), BoxDynError> {
+    use tracing::Instrument;
+    // The ingress request id travels in the job, so worker logs join the ingress logs.
+    let span = tracing::info_span!("hold", request = %job.request_id, request_id = job.trace_id.as_deref().unwrap_or("-"));
+    batcher
+        .decide(job)
+        .instrument(span)
+        .await
+        .map_err(Into::into)
+}
+
+/// A unique worker name: host, pid and a random suffix.
+pub fn worker_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    format!(
+        "slotq-worker-{host}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Runs the worker pool until `shutdown`; then stops fetching, lets claimed jobs finish their
+/// batch and returns. Returns the admin address through `on_admin` once bound.
+pub async fn run(
+    config: Config,
+    shutdown: Shutdown,
+    on_admin: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let pool = slotq_common::db::connect(&config.database_url, config.db_max_connections)
+        .await
+        .context("connecting to PostgreSQL")?;
+    if config.auto_migrate {
+        slotq_common::db::migrate(&pool)
+            .await
+            .context("applying migrations")?;
+    }
+    let redis = slotq_common::redis_connect(&config.redis_url)
+        .await
+        .context("connecting to Redis")?;
+    let metrics = Arc::new(Metrics::new());
+    let admin_addr = admin::serve(
+        config.admin_addr,
+        AdminState {
+            metrics: metrics.clone(),
+            pool: pool.clone(),
+            redis: redis.clone(),
+        },
+        shutdown.clone().wait(),
+    )
+    .await
+    .context("binding ADMIN_ADDR")?;
+    on_admin(admin_addr);
+
+    let (batcher, committers) = hold_batcher::start(Committer {
+        pool,
+        fast: FastPath::new(redis.clone(), &config.redis_namespace),
+        metrics: metrics.clone(),
+        config: config.clone(),
+    });
+    let storage = slotq_common::queue::hold_storage(redis, &config);
+    let name = worker_name();
+    tracing::info!(worker = %name, concurrency = config.worker_concurrency, batch_max = config.batch_max, "slotq-workers started");
+    let worker = WorkerBuilder::new(name)
+        .backend(storage.poll_with_interval(Duration::from_millis(5)))
+        .concurrency(config.worker_concurrency)
+        .data(batcher)
+        .build(handle);
+    let stop = shutdown.clone();
+    worker
+        .run_until(async move {
+            stop.wait().await;
+            metrics.shutting_down.set(1);
+            Ok::<(), std::io::Error>(())
+        })
+        .await
+        .context("worker pool failed")?;
+    // The worker (and with it every Batcher clone) is gone: committers drain and stop.
+    for c in committers {
+        let _ = c.await;
+    }
+    tracing::info!("slotq-workers stopped");
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Read-through caches of what validation needs on the booking path: practitioners'
+//! schedules and which patients exist. Ingress never locks anything in PostgreSQL; these
+//! plain reads are cached briefly so a storm on one slot costs one query, not thousands.
+//! Staleness is harmless: the worker re-validates against PostgreSQL before committing.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use slotq_common::db::directory::{PractitionerSchedule, existing_patients, load_schedules};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const SCHEDULE_TTL: Duration = Duration::from_secs(5);
+const PATIENT_TTL: Duration = Duration::from_secs(300);
+const MAX_ENTRIES: usize = 100_000;
+
+struct Entry<V> {
+    at: Instant,
+    value: V,
+}
+
+/// Cached look-ups.
+#[derive(Clone)]
+pub struct Lookup {
+    pool: PgPool,
+    schedules: Arc<Mutex<HashMap<Uuid, Entry<Arc<PractitionerSchedule>>>>>,
+    patients: Arc<Mutex<HashMap<Uuid, Entry<()>>>>,
+}
+
+fn fresh<V: Clone>(map: &Mutex<HashMap<Uuid, Entry<V>>>, id: Uuid, ttl: Duration) -> Option<V> {
+    let map = map.lock().unwrap_or_else(|p| p.into_inner());
+    map.get(&id)
+        .filter(|e| e.at.elapsed() < ttl)
+        .map(|e| e.value.clone())
+}
+
+fn store<V>(map: &Mutex<HashMap<Uuid, Entry<V>>>, id: Uuid, value: V) {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= MAX_ENTRIES {
+        map.clear(); // crude but bounded; a cache, not a store
+    }
+    map.insert(
+        id,
+        Entry {
+            at: Instant::now(),
+            value,
+        },
+    );
+}
+
+impl Lookup {
+    /// A cache over `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            schedules: Arc::default(),
+            patients: Arc::default(),
+        }
+    }
+
+    /// The practitioner's schedule, `None` if there is no such practitioner.
+    pub async fn schedule(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<Arc<PractitionerSchedule>>, sqlx::Error> {
+        if let Some(s) = fresh(&self.schedules, id, SCHEDULE_TTL) {
+            return Ok(Some(s));
+        }
+        let Some(s) = load_schedules(&self.pool, &[id]).await?.remove(&id) else {
+            return Ok(None);
+        };
+        let s = Arc::new(s);
+        store(&self.schedules, id, s.clone());
+        Ok(Some(s))
+    }
+
+    /// Forgets a practitioner's schedule (after this process changed it).
+    pub fn forget_schedule(&self, id: Uuid) {
+        self.schedules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// Whether the patient exists. Only positive answers are cached: a patient created a
+    /// moment ago must be bookable at once.
+    pub async fn patient_exists(&self, id: Uuid) -> Result<bool, sqlx::Error> {
+        if fresh(&self.patients, id, PATIENT_TTL).is_some() {
+            return Ok(true);
+        }
+        let exists = existing_patients(&self.pool, &[id])
+            .await?
+            .contains_key(&id);
+        if exists {
+            store(&self.patients, id, ());
+        }
+        Ok(exists)
+    }
+}

@@ -1,0 +1,277 @@
+//! `POST /v1/booking-requests` (submit) and `GET /v1/booking-requests/{id}` (poll).
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use apalis::prelude::TaskSink;
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::IntoResponse,
+};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use slotq_common::{db::requests::RequestView, fast_path::Admission, queue::HoldJob};
+use tower_http::request_id::RequestId;
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    error::{ApiError, FieldError},
+    extract::{AppJson, AppQuery, IdPath},
+};
+
+/// Submit body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    patient_id: Uuid,
+    practitioner_id: Uuid,
+    slot_start: DateTime<Utc>,
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = raw
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into())
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// The body's identity for idempotency: the parsed fields, so formatting does not matter.
+fn body_hash(b: &SubmitBody) -> String {
+    let mut h = Sha256::new();
+    h.update(b.patient_id.as_bytes());
+    h.update(b.practitioner_id.as_bytes());
+    h.update(b.slot_start.timestamp().to_be_bytes());
+    hex::encode(&h.finalize()[..16])
+}
+
+/// `POST /v1/booking-requests` → 202 `{id, status: "queued"}` + `Location`.
+pub async fn submit(
+    State(s): State<AppState>,
+    request_id: Option<axum::Extension<RequestId>>,
+    headers: HeaderMap,
+    AppJson(body): AppJson<SubmitBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let result = submit_inner(&s, request_id, &headers, body).await;
+    let label = match &result {
+        Ok((_, replay)) if *replay => "replayed",
+        Ok(_) => "accepted",
+        Err(ApiError::Conflict { .. }) => "slot_taken",
+        Err(ApiError::Unavailable { .. }) => "shed",
+        Err(_) => "invalid",
+    };
+    s.metrics.submissions.with_label_values(&[label]).inc();
+    let (view, _) = result?;
+    let location = format!("/v1/booking-requests/{}", view.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(view),
+    ))
+}
+
+async fn submit_inner(
+    s: &AppState,
+    trace: Option<axum::Extension<RequestId>>,
+    headers: &HeaderMap,
+    body: SubmitBody,
+) -> Result<(RequestView, bool), ApiError> {
+    let key = idempotency_key(headers)?;
+    let now = Utc::now();
+    validate(s, &body, now).await?;
+
+    let ready = s.queue_ready.load(Ordering::Relaxed);
+    if ready >= s.config.max_queue_depth {
+        return Err(ApiError::Unavailable {
+            detail: format!("the booking queue is full ({ready} waiting); retry shortly"),
+            retry_after: 1,
+        });
+    }
+
+    let view = RequestView {
+        id: Uuid::now_v7(),
+        status: "queued".into(),
+        booking_id: None,
+        hold_expires_at: None,
+        reason: None,
+        practitioner_id: body.practitioner_id,
+        patient_id: body.patient_id,
+        slot_start: body.slot_start,
+        submitted_at: now,
+        decided_at: None,
+    };
+    let hash = body_hash(&body);
+    match s
+        .fast
+        .admit(&view, key.as_deref(), &hash, s.config.precheck)
+        .await?
+    {
+        Admission::Replay {
+            request_id,
+            same_body: true,
+        } => {
+            let original = current_view(s, request_id).await?.unwrap_or(view);
+            return Ok((
+                RequestView {
+                    id: request_id,
+                    ..original
+                },
+                true,
+            ));
+        }
+        Admission::Replay { .. } => {
+            return Err(ApiError::invalid_field(
+                "Idempotency-Key",
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request body",
+            ));
+        }
+        Admission::SlotTaken => {
+            return Err(ApiError::Conflict {
+                code: "slot_taken",
+                detail: "this slot is already taken".into(),
+            });
+        }
+        Admission::Admitted => {}
+    }
+    let job = HoldJob {
+        request_id: view.id,
+        patient_id: view.patient_id,
+        practitioner_id: view.practitioner_id,
+        slot_start: view.slot_start,
+        submitted_at: view.submitted_at,
+        idempotency_key: key.clone(),
+        trace_id: trace.and_then(|t| t.0.header_value().to_str().ok().map(str::to_owned)),
+    };
+    if let Err(e) = s.queue.clone().push(job).await {
+        tracing::warn!(error = %e, "enqueue failed");
+        // Best effort: without the job the status and idempotency record must not linger.
+        let _ = s.fast.revoke(view.id, key.as_deref()).await;
+        return Err(ApiError::Unavailable {
+            detail: "the queue is unavailable, retry shortly".into(),
+            retry_after: 2,
+        });
+    }
+    tracing::debug!(request = %view.id, "booking request queued");
+    Ok((view, false))
+}
+
+async fn validate(s: &AppState, b: &SubmitBody, now: DateTime<Utc>) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    let schedule = s.lookup.schedule(b.practitioner_id).await?;
+    if schedule.is_none() {
+        errors.push(FieldError::new(
+            "practitioner_id",
+            "unknown_practitioner",
+            "no practitioner with this id",
+        ));
+    }
+    if !s.lookup.patient_exists(b.patient_id).await? {
+        errors.push(FieldError::new(
+            "patient_id",
+            "unknown_patient",
+            "no patient with this id",
+        ));
+    }
+    if let Some(p) = &schedule {
+        if let Err(problem) = p
+            .schedule
+            .check(b.slot_start, now, s.config.booking_horizon_days)
+        {
+            errors.push(FieldError::new(
+                "slot_start",
+                problem.reason(),
+                problem.to_string(),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(errors))
+    }
+}
+
+/// Poll parameters.
+#[derive(Deserialize)]
+pub struct PollQuery {
+    /// Seconds to wait for a decision while `queued` (0–30; larger values are capped).
+    wait: Option<f64>,
+}
+
+/// `GET /v1/booking-requests/{id}[?wait=S]`.
+pub async fn poll(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+    AppQuery(q): AppQuery<PollQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let wait = match q.wait {
+        None => Duration::ZERO,
+        Some(w) if w.is_finite() && w >= 0.0 => {
+            Duration::from_secs_f64(w).min(s.config.max_poll_wait)
+        }
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "wait must be a number of seconds between 0 and 30".into(),
+            ));
+        }
+    };
+    // Subscribe before the first read, so a decision landing in between is not missed.
+    let mut decided = s.decided.subscribe();
+    let mut view = current_view(&s, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("booking request", id))?;
+    let deadline = tokio::time::Instant::now() + wait;
+    while view.is_queued() && tokio::time::Instant::now() < deadline && !s.shutdown.is_stopping() {
+        let recheck = tokio::time::sleep(Duration::from_millis(500));
+        tokio::select! {
+            got = decided.recv() => match got {
+                Ok(other) if other != id => continue,
+                _ => {} // ours, or lagged/closed: re-read
+            },
+            () = recheck => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+        if let Some(v) = current_view(&s, id).await? {
+            view = v;
+        }
+    }
+    Ok(Json(view))
+}
+
+/// The freshest view: Redis first, PostgreSQL when Redis does not know, when a cached hold
+/// has run out, or when a request has looked queued for a while (its cached status may have
+/// been lost after the commit).
+pub(crate) async fn current_view(s: &AppState, id: Uuid) -> Result<Option<RequestView>, ApiError> {
+    let cached = match s.fast.status(id).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "redis status unavailable; reading PostgreSQL");
+            None
+        }
+    };
+    let now = Utc::now();
+    let trust_cache = match &cached {
+        None => false,
+        Some(v) if v.is_queued() => now - v.submitted_at < chrono::Duration::seconds(2),
+        Some(v) if v.status == "held" => v.hold_expires_at.is_some_and(|at| at > now),
+        Some(_) => true,
+    };
+    if trust_cache {
+        return Ok(cached);
+    }
+    match slotq_common::db::requests::decided_view(&s.pool, id).await? {
+        Some(v) => Ok(Some(v)),
+        None => Ok(cached),
+    }
+}

@@ -1,0 +1,389 @@
+//! Clinics, practitioners with their hours, patients.
+
+use std::collections::HashSet;
+
+use axum::{
+    Json,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+};
+use chrono::{NaiveDate, NaiveTime};
+use serde::{Deserialize, Serialize};
+use slotq_common::{
+    db::directory::{self, NewClinic},
+    domain::{
+        fields,
+        slot::{ScheduleException, WeeklyHours},
+    },
+};
+
+use crate::{
+    AppState,
+    error::{ApiError, FieldError},
+    extract::{AppJson, IdPath},
+};
+
+/// Collects field errors while parsing a body.
+#[derive(Default)]
+struct Fields(Vec<FieldError>);
+
+impl Fields {
+    fn check<T>(&mut self, field: &str, r: Result<T, String>) -> Option<T> {
+        r.map_err(|e| self.0.push(FieldError::new(field, "invalid", e)))
+            .ok()
+    }
+
+    fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(self.0))
+        }
+    }
+}
+
+/// `POST /v1/clinics` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClinicBody {
+    name: String,
+    country_code: String,
+    timezone: String,
+    address: Option<String>,
+    phone: Option<String>,
+}
+
+/// `POST /v1/clinics` → 201.
+pub async fn create_clinic(
+    State(s): State<AppState>,
+    AppJson(b): AppJson<ClinicBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut f = Fields::default();
+    let name = f.check("name", fields::name(&b.name, 200));
+    let country_code = f.check("country_code", fields::country_code(&b.country_code));
+    let tz = f.check("timezone", fields::timezone(&b.timezone));
+    let address = b
+        .address
+        .as_deref()
+        .and_then(|a| f.check("address", fields::name(a, 500)));
+    let phone = b
+        .phone
+        .as_deref()
+        .and_then(|p| f.check("phone", fields::phone(p)));
+    f.finish()?;
+    let (Some(name), Some(country_code), Some(tz)) = (name, country_code, tz) else {
+        return Err(anyhow::anyhow!("a parsed field had no value").into());
+    };
+    let clinic = directory::insert_clinic(
+        &s.pool,
+        &NewClinic {
+            name,
+            country_code,
+            timezone: tz.name().to_owned(),
+            address,
+            phone,
+        },
+    )
+    .await?;
+    Ok(created(format!("/v1/clinics/{}", clinic.id), clinic))
+}
+
+/// `GET /v1/clinics/{id}`.
+pub async fn get_clinic(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+) -> Result<impl IntoResponse, ApiError> {
+    let clinic = directory::get_clinic(&s.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("clinic", id))?;
+    Ok(Json(clinic))
+}
+
+/// `POST /v1/clinics/{id}/practitioners` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PractitionerBody {
+    name: String,
+    specialty: String,
+    slot_minutes: i64,
+}
+
+/// `POST /v1/clinics/{id}/practitioners` → 201.
+pub async fn create_practitioner(
+    State(s): State<AppState>,
+    IdPath(clinic_id): IdPath,
+    AppJson(b): AppJson<PractitionerBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut f = Fields::default();
+    let name = f.check("name", fields::name(&b.name, 200));
+    let specialty = f.check("specialty", fields::name(&b.specialty, 100));
+    let minutes = f.check("slot_minutes", fields::slot_minutes(b.slot_minutes));
+    // An unknown clinic is the more fundamental problem: report it before field errors.
+    if directory::get_clinic(&s.pool, clinic_id).await?.is_none() {
+        return Err(ApiError::not_found("clinic", clinic_id));
+    }
+    f.finish()?;
+    let (Some(name), Some(specialty), Some(minutes)) = (name, specialty, minutes) else {
+        return Err(anyhow::anyhow!("a parsed field had no value").into());
+    };
+    let p = directory::insert_practitioner(&s.pool, clinic_id, &name, &specialty, minutes)
+        .await?
+        .ok_or_else(|| ApiError::not_found("clinic", clinic_id))?;
+    Ok(created(format!("/v1/practitioners/{}", p.id), p))
+}
+
+/// `GET /v1/practitioners/{id}`.
+pub async fn get_practitioner(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+) -> Result<impl IntoResponse, ApiError> {
+    let p = directory::get_practitioner(&s.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("practitioner", id))?;
+    Ok(Json(p))
+}
+
+/// Weekly hours on the wire.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeeklyBody {
+    weekday: i64,
+    start: String,
+    end: String,
+}
+
+/// A dated exception on the wire: `{date, closed: true}` or `{date, start, end}`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExceptionBody {
+    date: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    closed: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    end: Option<String>,
+}
+
+/// `PUT /v1/practitioners/{id}/hours` body and `GET` response.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoursBody {
+    weekly: Vec<WeeklyBody>,
+    #[serde(default)]
+    exceptions: Vec<ExceptionBody>,
+}
+
+fn parse_hours(b: &HoursBody) -> Result<(Vec<WeeklyHours>, Vec<ScheduleException>), ApiError> {
+    let mut f = Fields::default();
+    if b.weekly.len() > 7 * 48 {
+        f.0.push(FieldError::new("weekly", "invalid", "too many intervals"));
+    }
+    if b.exceptions.len() > 366 {
+        f.0.push(FieldError::new(
+            "exceptions",
+            "invalid",
+            "at most 366 exceptions",
+        ));
+    }
+    let mut weekly = Vec::with_capacity(b.weekly.len());
+    for (i, w) in b.weekly.iter().enumerate() {
+        let day = f.check(
+            &format!("weekly[{i}].weekday"),
+            if (1..=7).contains(&w.weekday) {
+                Ok(w.weekday as u8)
+            } else {
+                Err("must be 1 (Monday) to 7 (Sunday)".into())
+            },
+        );
+        let start = f.check(&format!("weekly[{i}].start"), fields::local_time(&w.start));
+        let end = f.check(&format!("weekly[{i}].end"), fields::local_time(&w.end));
+        if let (Some(weekday), Some(start), Some(end)) = (day, start, end) {
+            if start >= end {
+                f.0.push(FieldError::new(
+                    format!("weekly[{i}].end"),
+                    "invalid",
+                    "must be after start",
+                ));
+            } else {
+                weekly.push((
+                    i,
+                    WeeklyHours {
+                        weekday,
+                        start,
+                        end,
+                    },
+                ));
+            }
+        }
+    }
+    for (i, (_, a)) in weekly.iter().enumerate() {
+        if let Some((j, _)) = weekly[i + 1..]
+            .iter()
+            .find(|(_, b)| b.weekday == a.weekday && a.start < b.end && b.start < a.end)
+        {
+            f.0.push(FieldError::new(
+                format!("weekly[{j}]"),
+                "overlap",
+                "overlaps another interval of the same weekday",
+            ));
+        }
+    }
+    let mut exceptions = Vec::with_capacity(b.exceptions.len());
+    let mut dates = HashSet::new();
+    for (i, e) in b.exceptions.iter().enumerate() {
+        let date = f.check(
+            &format!("exceptions[{i}].date"),
+            NaiveDate::parse_from_str(&e.date, "%Y-%m-%d")
+                .map_err(|_| "must be a date YYYY-MM-DD".to_string()),
+        );
+        let hours = match (e.closed, &e.start, &e.end) {
+            (Some(true), None, None) => Some(None),
+            (None | Some(false), Some(s), Some(en)) => {
+                let s = f.check(&format!("exceptions[{i}].start"), fields::local_time(s));
+                let en = f.check(&format!("exceptions[{i}].end"), fields::local_time(en));
+                match (s, en) {
+                    (Some(s), Some(en)) if s < en => Some(Some((s, en))),
+                    (Some(_), Some(_)) => {
+                        f.0.push(FieldError::new(
+                            format!("exceptions[{i}].end"),
+                            "invalid",
+                            "must be after start",
+                        ));
+                        None
+                    }
+                    _ => None,
+                }
+            }
+            _ => {
+                f.0.push(FieldError::new(
+                    format!("exceptions[{i}]"),
+                    "invalid",
+                    "give either \"closed\": true or both \"start\" and \"end\"",
+                ));
+                None
+            }
+        };
+        if let (Some(date), Some(hours)) = (date, hours) {
+            if !dates.insert(date) {
+                f.0.push(FieldError::new(
+                    format!("exceptions[{i}].date"),
+                    "duplicate",
+                    "date given twice",
+                ));
+            }
+            exceptions.push(ScheduleException { date, hours });
+        }
+    }
+    f.finish()?;
+    Ok((weekly.into_iter().map(|(_, w)| w).collect(), exceptions))
+}
+
+fn hhmm(t: NaiveTime) -> String {
+    t.format("%H:%M").to_string()
+}
+
+fn hours_body(weekly: &[WeeklyHours], exceptions: &[ScheduleException]) -> HoursBody {
+    HoursBody {
+        weekly: weekly
+            .iter()
+            .map(|w| WeeklyBody {
+                weekday: i64::from(w.weekday),
+                start: hhmm(w.start),
+                end: hhmm(w.end),
+            })
+            .collect(),
+        exceptions: exceptions
+            .iter()
+            .map(|e| ExceptionBody {
+                date: e.date.to_string(),
+                closed: e.hours.is_none().then_some(true),
+                start: e.hours.map(|h| hhmm(h.0)),
+                end: e.hours.map(|h| hhmm(h.1)),
+            })
+            .collect(),
+    }
+}
+
+/// `PUT /v1/practitioners/{id}/hours`: replaces weekly hours and exceptions.
+pub async fn put_hours(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+    AppJson(b): AppJson<HoursBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    if directory::get_practitioner(&s.pool, id).await?.is_none() {
+        return Err(ApiError::not_found("practitioner", id));
+    }
+    let (weekly, exceptions) = parse_hours(&b)?;
+    directory::replace_hours(&s.pool, id, &weekly, &exceptions).await?;
+    s.lookup.forget_schedule(id);
+    Ok(Json(hours_body(&weekly, &exceptions)))
+}
+
+/// `GET /v1/practitioners/{id}/hours`.
+pub async fn get_hours(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut all = directory::load_schedules(&s.pool, &[id]).await?;
+    let p = all
+        .remove(&id)
+        .ok_or_else(|| ApiError::not_found("practitioner", id))?;
+    Ok(Json(hours_body(&p.schedule.weekly, &p.schedule.exceptions)))
+}
+
+/// `POST /v1/patients` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatientBody {
+    name: String,
+    email: String,
+    phone: Option<String>,
+    country_code: String,
+}
+
+/// `POST /v1/patients` → 201; a registered e-mail → 409.
+pub async fn create_patient(
+    State(s): State<AppState>,
+    AppJson(b): AppJson<PatientBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut f = Fields::default();
+    let name = f.check("name", fields::name(&b.name, 200));
+    let email = f.check("email", fields::email(&b.email));
+    let phone = b
+        .phone
+        .as_deref()
+        .and_then(|p| f.check("phone", fields::phone(p)));
+    let country = f.check("country_code", fields::country_code(&b.country_code));
+    f.finish()?;
+    let (Some(name), Some(email), Some(country)) = (name, email, country) else {
+        return Err(anyhow::anyhow!("a parsed field had no value").into());
+    };
+    let p = directory::insert_patient(&s.pool, &country, &name, &email, phone.as_deref())
+        .await?
+        .ok_or(ApiError::Conflict {
+            code: "email_taken",
+            detail: "a patient with this e-mail address exists".into(),
+        })?;
+    Ok(created(format!("/v1/patients/{}", p.id), p))
+}
+
+/// `GET /v1/patients/{id}`.
+pub async fn get_patient(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+) -> Result<impl IntoResponse, ApiError> {
+    let p = directory::get_patient(&s.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("patient", id))?;
+    Ok(Json(p))
+}
+
+fn created<T: Serialize>(location: String, body: T) -> impl IntoResponse {
+    (
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+}

@@ -1,0 +1,42 @@
+//! Routes of the v1 API and the ops endpoints.
+
+pub mod booking_requests;
+pub mod bookings;
+pub mod directory;
+pub mod ops;
+pub mod payments;
+
+use axum::{
+    Router,
+    routing::{get, post},
+};
+
+use crate::{AppState, error::ApiError};
+
+/// Every route; unknown paths and methods answer problem+json too.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/clinics", post(directory::create_clinic))
+        .route("/v1/clinics/{id}", get(directory::get_clinic))
+        .route(
+            "/v1/clinics/{id}/practitioners",
+            post(directory::create_practitioner),
+        )
+        .route("/v1/practitioners/{id}", get(directory::get_practitioner))
+        .route(
+            "/v1/practitioners/{id}/hours",
+            get(directory::get_hours).put(directory::put_hours),
+        )
+        .route("/v1/patients", post(directory::create_patient))
+        .route("/v1/patients/{id}", get(directory::get_patient))
+        .route("/v1/booking-requests", post(booking_requests::submit))
+        .route("/v1/booking-requests/{id}", get(booking_requests::poll))
+        .route("/v1/bookings/{id}", get(bookings::get))
+        .route("/v1/bookings/{id}/cancel", post(bookings::cancel))
+        .route("/v1/payments/webhook", post(payments::webhook))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+}

@@ -1,0 +1,131 @@
+//! `POST /v1/payments/webhook`: the payment provider confirms or fails a hold.
+
+use axum::{Json, extract::State, http::HeaderMap, response::IntoResponse};
+use serde::Deserialize;
+use serde_json::json;
+use slotq_common::{
+    db::{
+        bookings::{Actor, TransitionError},
+        payments::{PaymentNotice, apply_payment},
+    },
+    signature,
+};
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    error::{ApiError, FieldError},
+    extract::RawBody,
+};
+
+/// The provider's notification.
+#[derive(Deserialize)]
+pub struct WebhookBody {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    booking_id: Uuid,
+    amount: Option<i64>,
+    currency: Option<String>,
+}
+
+/// Verifies the signature, then applies the event once (idempotent on its id).
+pub async fn webhook(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<impl IntoResponse, ApiError> {
+    let result = handle(&s, &headers, &body).await;
+    let label = match &result {
+        Ok(outcome) => outcome,
+        Err(ApiError::Unauthorized(_)) => "unauthorized",
+        Err(ApiError::NotFound(_)) => "unknown_booking",
+        Err(_) => "error",
+    };
+    s.metrics.payment_webhooks.with_label_values(&[label]).inc();
+    let outcome = result?;
+    Ok(Json(json!({ "outcome": outcome })))
+}
+
+async fn handle(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<&'static str, ApiError> {
+    let Some(secret) = &s.config.payment_webhook_secret else {
+        return Err(ApiError::Unauthorized(
+            "payment webhook is not configured (PAYMENT_WEBHOOK_SECRET unset)".into(),
+        ));
+    };
+    let header = headers
+        .get("payment-signature")
+        .and_then(|v| v.to_str().ok());
+    let now = chrono::Utc::now().timestamp();
+    signature::verify(
+        header,
+        secret.as_bytes(),
+        body,
+        now,
+        s.config.payment_webhook_tolerance.as_secs() as i64,
+    )
+    .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+
+    let b: WebhookBody = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::invalid_field("body", "invalid", e.to_string())
+        }
+        _ => ApiError::BadRequest(format!("malformed JSON: {e}")),
+    })?;
+    let mut errors = Vec::new();
+    if b.id.trim().is_empty() || b.id.len() > 255 {
+        errors.push(FieldError::new(
+            "id",
+            "invalid",
+            "must be 1 to 255 characters",
+        ));
+    }
+    if b.kind.is_empty() || b.kind.len() > 100 {
+        errors.push(FieldError::new(
+            "type",
+            "invalid",
+            "must be 1 to 100 characters",
+        ));
+    }
+    if b.currency
+        .as_ref()
+        .is_some_and(|c| c.len() != 3 || !c.bytes().all(|x| x.is_ascii_alphabetic()))
+    {
+        errors.push(FieldError::new(
+            "currency",
+            "invalid",
+            "must be an ISO 4217 code",
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let notice = PaymentNotice {
+        event_id: b.id,
+        event_type: b.kind,
+        booking_id: b.booking_id,
+        amount: b.amount,
+        currency: b.currency.map(|c| c.to_ascii_uppercase()),
+    };
+    let actor = Actor {
+        name: "payment-provider".into(),
+        request_id: Some(notice.event_id.clone()),
+    };
+    let result = apply_payment(&s.pool, &notice, &actor)
+        .await
+        .map_err(|e| match e {
+            TransitionError::NotFound => ApiError::not_found("booking", notice.booking_id),
+            other => other.into(),
+        })?;
+    if let Some(b) = &result.changed {
+        let freed = !b.status.is_active();
+        if let Err(e) = s
+            .fast
+            .booking_changed(&[(b.request_id, b.practitioner_id, b.slot_start, freed)])
+            .await
+        {
+            tracing::warn!(error = %e, "could not update the Redis fast path after a payment");
+        }
+    }
+    Ok(result.outcome.as_str())
+}

@@ -1,0 +1,233 @@
+//! The group-commit batcher.
+//!
+//! apalis runs up to `WORKER_CONCURRENCY` job handlers at once; each hands its job to the
+//! batcher and waits. `BATCH_COMMITTERS` committer tasks take turns at the queue: one gathers
+//! up to `BATCH_MAX` jobs (or whatever arrived within `BATCH_LINGER_MS` of the first), then
+//! decides them in one transaction (`slotq_common::db::holds::commit_batch`) while the next
+//! committer gathers the following batch. A handler returns, and apalis acknowledges its job,
+//! only after the decision committed; if the process dies first, the job is redelivered and the
+//! recorded decision (if any) is returned again.
+
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use slotq_common::{
+    config::Config,
+    db::holds::{self, BatchError, Decided, HoldInput, Verdict},
+    fast_path::FastPath,
+    metrics::Metrics,
+    queue::HoldJob,
+};
+use sqlx::PgPool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+/// A job waiting for its batch.
+struct Pending {
+    job: HoldJob,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Handle given to job handlers.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Batcher {
+    /// Hands a job to the batcher; resolves once its decision is committed.
+    pub async fn decide(&self, job: HoldJob) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Pending { job, done })
+            .await
+            .map_err(|_| "batcher stopped".to_string())?;
+        rx.await
+            .map_err(|_| "batcher dropped the job".to_string())?
+    }
+}
+
+/// What committers need.
+pub struct Committer {
+    /// Database.
+    pub pool: PgPool,
+    /// Redis fast path, updated after each commit.
+    pub fast: FastPath,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Batch size, linger, TTL, horizon.
+    pub config: Arc<Config>,
+}
+
+/// Starts the committers; they stop once every [`Batcher`] clone is dropped and the queue is
+/// drained. The returned handles resolve then.
+pub fn start(committer: Committer) -> (Batcher, Vec<tokio::task::JoinHandle<()>>) {
+    let (tx, rx) = mpsc::channel(committer.config.worker_concurrency.max(1) * 2);
+    let rx = Arc::new(Mutex::new(rx));
+    let committer = Arc::new(committer);
+    let handles = (0..committer.config.committers)
+        .map(|_| {
+            let (rx, c) = (rx.clone(), committer.clone());
+            tokio::spawn(async move {
+                while let Some(batch) = gather(&rx, c.config.batch_max, c.config.batch_linger).await
+                {
+                    c.run_batch(batch).await;
+                }
+            })
+        })
+        .collect();
+    (Batcher { tx }, handles)
+}
+
+/// Waits for a first job, then collects more until the batch is full or the linger is over.
+async fn gather(
+    rx: &Mutex<mpsc::Receiver<Pending>>,
+    max: usize,
+    linger: Duration,
+) -> Option<Vec<Pending>> {
+    let mut rx = rx.lock().await;
+    let first = rx.recv().await?;
+    let mut batch = Vec::with_capacity(max);
+    batch.push(first);
+    let deadline = tokio::time::Instant::now() + linger;
+    while batch.len() < max {
+        // Take what is already there without waiting…
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        if batch.len() >= max {
+            break;
+        }
+        // …then wait for more until the linger is over.
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(p)) => batch.push(p),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+const MAX_ATTEMPTS: u32 = 8;
+
+impl Committer {
+    async fn run_batch(&self, batch: Vec<Pending>) {
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            match self.decide(&batch).await {
+                Ok(decided) => break Ok(decided),
+                Err(e) if e.is_transient() && attempt < MAX_ATTEMPTS => {
+                    self.metrics.batch_retries.inc();
+                    // Exponential backoff with jitter: 10 ms, 20 ms, … capped at 1 s.
+                    let base = 10u64 << (attempt - 1).min(7);
+                    let jitter = u64::from(Utc::now().timestamp_subsec_micros() % 10);
+                    tracing::warn!(error = %e, attempt, "batch failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(base.min(1000) + jitter)).await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match result {
+            Ok(decided) => {
+                let views: Vec<_> = decided.iter().map(|d| d.view.clone()).collect();
+                if let Err(e) = self.fast.publish_decisions(&views).await {
+                    // PostgreSQL holds the decisions; polls fall back to it.
+                    tracing::warn!(error = %e, "could not update the Redis fast path");
+                }
+                self.observe(&decided);
+                for p in batch {
+                    let _ = p.done.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                // The jobs stay unacknowledged; apalis schedules them again.
+                tracing::error!(error = %e, jobs = batch.len(), "batch failed; jobs will be retried");
+                for p in batch {
+                    let _ = p.done.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+
+    async fn decide(&self, batch: &[Pending]) -> Result<Vec<Decided>, BatchError> {
+        let mut practitioners: Vec<_> = batch.iter().map(|p| p.job.practitioner_id).collect();
+        practitioners.sort_unstable();
+        practitioners.dedup();
+        let mut patients: Vec<_> = batch.iter().map(|p| p.job.patient_id).collect();
+        patients.sort_unstable();
+        patients.dedup();
+        let schedules =
+            slotq_common::db::directory::load_schedules(&self.pool, &practitioners).await?;
+        let known: HashSet<_> =
+            slotq_common::db::directory::existing_patients(&self.pool, &patients)
+                .await?
+                .into_keys()
+                .collect();
+        let now = Utc::now();
+        let inputs: Vec<HoldInput> = batch
+            .iter()
+            .map(|p| {
+                let j = &p.job;
+                let verdict = match schedules.get(&j.practitioner_id) {
+                    None => Verdict::Reject("unknown_practitioner"),
+                    Some(_) if !known.contains(&j.patient_id) => Verdict::Reject("unknown_patient"),
+                    Some(s) => {
+                        match s
+                            .schedule
+                            .check(j.slot_start, now, self.config.booking_horizon_days)
+                        {
+                            Ok(slot_end) => Verdict::Candidate {
+                                country_code: s.country_code.clone(),
+                                slot_end,
+                            },
+                            Err(problem) => Verdict::Reject(problem.reason()),
+                        }
+                    }
+                };
+                HoldInput {
+                    request_id: j.request_id,
+                    patient_id: j.patient_id,
+                    practitioner_id: j.practitioner_id,
+                    slot_start: j.slot_start,
+                    submitted_at: j.submitted_at,
+                    idempotency_key: j.idempotency_key.clone(),
+                    verdict,
+                }
+            })
+            .collect();
+        let started = Instant::now();
+        let decided = holds::commit_batch(&self.pool, &inputs, self.config.hold_ttl).await?;
+        self.metrics
+            .commit_duration
+            .observe(started.elapsed().as_secs_f64());
+        Ok(decided)
+    }
+
+    fn observe(&self, decided: &[Decided]) {
+        let m = &self.metrics;
+        let fresh: Vec<_> = decided.iter().filter(|d| d.fresh).collect();
+        m.batch_size.observe(fresh.len() as f64);
+        let now = Utc::now();
+        for d in fresh {
+            let v = &d.view;
+            let outcome = if v.booking_id.is_some() {
+                "held"
+            } else {
+                "rejected"
+            };
+            m.decisions
+                .with_label_values(&[outcome, v.reason.as_deref().unwrap_or("")])
+                .inc();
+            let at = v.decided_at.unwrap_or(now);
+            m.decision_latency
+                .observe((at - v.submitted_at).num_microseconds().unwrap_or(0) as f64 / 1e6);
+            tracing::debug!(request = %v.id, outcome, reason = v.reason.as_deref().unwrap_or(""), "decided");
+        }
+    }
+}
