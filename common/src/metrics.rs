@@ -32,6 +32,8 @@ pub struct Metrics {
     pub batch_retries: IntCounter,
     /// Queue depth by state (ready, scheduled, inflight, dead).
     pub queue_depth: IntGaugeVec,
+    /// Age of the oldest ready job.
+    pub queue_oldest_age: IntGauge,
     /// Holds expired by the scheduler.
     pub holds_expired: IntCounter,
     /// now − hold_expires_at at expiry.
@@ -134,6 +136,17 @@ impl Metrics {
                 "Jobs in the hold queue by state.",
                 &["state"],
             ),
+            queue_oldest_age: {
+                let g = IntGauge::new(
+                    "slotq_queue_oldest_ready_age_seconds",
+                    "Age of the oldest job waiting for a worker.",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}"));
+                registry
+                    .register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| unreachable!("{e}"));
+                g
+            },
             holds_expired: counter(
                 "slotq_holds_expired_total",
                 "Holds expired by the scheduler.",

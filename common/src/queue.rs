@@ -62,21 +62,29 @@ pub struct QueueDepth {
     pub inflight: u64,
     /// Failed for good.
     pub dead: u64,
+    /// Seconds the oldest due job has waited in the scheduled set (0 when none).
+    pub oldest_ready_age_secs: u64,
 }
 
 // apalis-redis 1.0's own `Metrics::fetch_by_queue()` is broken (its Lua script expects an
-// argument that is never passed), so the depth is read from the queue's keys directly:
-// the active LIST, the scheduled ZSET, the dead SET and one in-flight SET per registered
-// worker (the members of the workers ZSET are the keys of those sets).
+// argument that is never passed), so the depth is read from the queue's keys directly.
+// `push` stores new jobs in the scheduled ZSET scored with their run time (now), and workers
+// promote due ones to the active LIST when they fetch; so "ready" is the active LIST plus the
+// due part of the ZSET, and "scheduled" its future part (retries). In-flight jobs sit in one
+// SET per registered worker (the members of the workers ZSET are the keys of those sets).
 const DEPTH_LUA: &str = r"
-local ready = redis.call('LLEN', KEYS[1])
-local scheduled = redis.call('ZCARD', KEYS[2])
+local now = tonumber(redis.call('TIME')[1])
+local ready = redis.call('LLEN', KEYS[1]) + redis.call('ZCOUNT', KEYS[2], '-inf', now)
+local scheduled = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
 local dead = redis.call('SCARD', KEYS[3])
 local inflight = 0
 for _, set in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
   inflight = inflight + redis.call('SCARD', set)
 end
-return {ready, scheduled, inflight, dead}
+local oldest = 0
+local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if first[2] and tonumber(first[2]) <= now then oldest = now - tonumber(first[2]) end
+return {ready, scheduled, inflight, dead, oldest}
 ";
 
 /// Reads the depth of the hold queue in one round trip.
@@ -85,18 +93,20 @@ pub async fn depth(
     config: &Config,
 ) -> redis::RedisResult<QueueDepth> {
     let c = apalis_config(config);
-    let (ready, scheduled, inflight, dead): (u64, u64, u64, u64) = redis::Script::new(DEPTH_LUA)
-        .key(c.active_jobs_list())
-        .key(c.scheduled_jobs_set())
-        .key(c.dead_jobs_set())
-        .key(c.workers_set())
-        .invoke_async(conn)
-        .await?;
+    let (ready, scheduled, inflight, dead, oldest_ready_age_secs): (u64, u64, u64, u64, u64) =
+        redis::Script::new(DEPTH_LUA)
+            .key(c.active_jobs_list())
+            .key(c.scheduled_jobs_set())
+            .key(c.dead_jobs_set())
+            .key(c.workers_set())
+            .invoke_async(conn)
+            .await?;
     Ok(QueueDepth {
         ready,
         scheduled,
         inflight,
         dead,
+        oldest_ready_age_secs,
     })
 }
 

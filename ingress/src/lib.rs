@@ -109,6 +109,10 @@ impl AppState {
                 match slotq_common::queue::depth(&mut conn, &state.config).await {
                     Ok(d) => {
                         state.queue_ready.store(d.ready, Ordering::Relaxed);
+                        state
+                            .metrics
+                            .queue_oldest_age
+                            .set(d.oldest_ready_age_secs as i64);
                         for (label, v) in [
                             ("ready", d.ready),
                             ("scheduled", d.scheduled),
