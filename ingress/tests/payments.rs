@@ -1,0 +1,284 @@
+//! The payment webhook: signatures, idempotency on the event id, and the race with expiry.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use serde_json::{Value, json};
+use slotq_testkit::{Options, TestApp, id_of, slot, spawn};
+use uuid::Uuid;
+
+async fn held_booking(app: &TestApp, minute: u32) -> (Uuid, Uuid) {
+    let fx = app.fixture().await;
+    let (_, r) = app
+        .submit(fx.patient_id, fx.practitioner_id, slot(3, minute))
+        .await;
+    let d = app.decision(id_of(&r), Duration::from_secs(20)).await;
+    assert_eq!(d["status"], "held", "{d}");
+    (
+        id_of(&r),
+        d["booking_id"].as_str().unwrap().parse().unwrap(),
+    )
+}
+
+fn event(id: &str, kind: &str, booking: Uuid) -> Value {
+    json!({"id": id, "type": kind, "booking_id": booking, "amount": 4500, "currency": "EUR"})
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_signature_confirms_and_a_duplicate_changes_nothing() {
+    let app = spawn(Options::default()).await;
+    let (request, booking) = held_booking(&app, 600).await;
+    let (s, body) = app
+        .pay(
+            &event("evt_1", "payment.succeeded", booking),
+            &app.secret,
+            now(),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["outcome"], "confirmed");
+    let (_, b) = app.get(&format!("/v1/bookings/{booking}")).await;
+    assert_eq!(b["status"], "confirmed");
+    assert_eq!(b["payment_ref"], "evt_1");
+    let (_, polled) = app.get(&format!("/v1/booking-requests/{request}")).await;
+    assert_eq!(polled["status"], "confirmed");
+
+    let (s, body) = app
+        .pay(
+            &event("evt_1", "payment.succeeded", booking),
+            &app.secret,
+            now(),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        body["outcome"], "confirmed",
+        "a duplicate answers the original outcome"
+    );
+    let (_, body) = app
+        .pay(
+            &event("evt_2", "payment.succeeded", booking),
+            &app.secret,
+            now(),
+        )
+        .await;
+    assert_eq!(body["outcome"], "already_confirmed");
+    assert_eq!(
+        app.count("SELECT count(*) FROM audit_log WHERE action = 'confirm'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM outbox WHERE type = 'booking.confirmed'")
+            .await,
+        1
+    );
+    assert_eq!(app.count("SELECT count(*) FROM payment_events").await, 2);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signatures_and_stale_timestamps_are_refused_and_change_nothing() {
+    let app = spawn(Options::default()).await;
+    let (_, booking) = held_booking(&app, 660).await;
+    let ev = event("evt_x", "payment.succeeded", booking);
+    for (secret, t) in [
+        ("wrong-secret", now()),
+        (app.secret.as_str(), now() - 301),
+        (app.secret.as_str(), now() + 400),
+    ] {
+        let (s, body) = app.pay(&ev, secret, t).await;
+        assert_eq!(s, 401, "{body}");
+        assert_eq!(body["status"], 401);
+    }
+    // No header, and a body changed after signing.
+    let res = app
+        .http
+        .post(format!("{}/v1/payments/webhook", app.base))
+        .json(&ev)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let raw = serde_json::to_vec(&ev).unwrap();
+    let sig = slotq_common::signature::sign(app.secret.as_bytes(), now(), &raw);
+    let tampered =
+        serde_json::to_vec(&event("evt_x", "payment.succeeded", Uuid::now_v7())).unwrap();
+    let res = app
+        .http
+        .post(format!("{}/v1/payments/webhook", app.base))
+        .header("payment-signature", sig)
+        .body(tampered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+
+    let (_, b) = app.get(&format!("/v1/bookings/{booking}")).await;
+    assert_eq!(b["status"], "held");
+    assert_eq!(app.count("SELECT count(*) FROM payment_events").await, 0);
+    // Unknown booking with a valid signature: 404, nothing stored.
+    let (s, _) = app
+        .pay(
+            &event("evt_y", "payment.succeeded", Uuid::now_v7()),
+            &app.secret,
+            now(),
+        )
+        .await;
+    assert_eq!(s, 404);
+    assert_eq!(app.count("SELECT count(*) FROM payment_events").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_configured_secret_every_webhook_is_refused() {
+    let app = spawn(Options {
+        env: vec![("PAYMENT_WEBHOOK_SECRET", String::new())],
+        ..Options::default()
+    })
+    .await;
+    let (_, booking) = held_booking(&app, 700).await;
+    let (s, _) = app
+        .pay(&event("evt_1", "payment.succeeded", booking), "", now())
+        .await;
+    assert_eq!(s, 401);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_payment_cancels_the_hold_and_frees_the_slot() {
+    let app = spawn(Options::default()).await;
+    let (_, booking) = held_booking(&app, 720).await;
+    let (_, body) = app
+        .pay(
+            &event("evt_f", "payment.failed", booking),
+            &app.secret,
+            now(),
+        )
+        .await;
+    assert_eq!(body["outcome"], "cancelled");
+    let (_, b) = app.get(&format!("/v1/bookings/{booking}")).await;
+    assert_eq!(b["status"], "cancelled");
+    let (_, body) = app
+        .pay(
+            &event("evt_other", "refund.created", booking),
+            &app.secret,
+            now(),
+        )
+        .await;
+    assert_eq!(body["outcome"], "ignored");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_after_expiry_requires_a_refund() {
+    let app = spawn(Options {
+        env: vec![("HOLD_TTL_SECS", "1".into())],
+        ..Options::default()
+    })
+    .await;
+    let (request, booking) = held_booking(&app, 780).await;
+    app.wait_for_status(request, "expired", Duration::from_secs(10))
+        .await;
+    let (s, body) = app
+        .pay(
+            &event("evt_late", "payment.succeeded", booking),
+            &app.secret,
+            now(),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(body["outcome"], "late_payment_refund_required");
+    let (_, b) = app.get(&format!("/v1/bookings/{booking}")).await;
+    assert_eq!(b["status"], "expired");
+    assert_eq!(
+        app.count("SELECT count(*) FROM outbox WHERE type = 'booking.payment_late'")
+            .await,
+        1
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn confirmation_racing_expiry_never_yields_both() {
+    // The scheduler is driven by hand so its sweeps can be aimed at the payment.
+    let app = spawn(Options {
+        scheduler: false,
+        ..Options::default()
+    })
+    .await;
+    let fx = app.fixture().await;
+    let mut bookings = Vec::new();
+    for i in 0..30 {
+        let patient = app.patient().await;
+        let (_, r) = app
+            .submit(patient, fx.practitioner_id, slot(3, i * 30))
+            .await;
+        let d = app.decision(id_of(&r), Duration::from_secs(20)).await;
+        bookings.push(d["booking_id"].as_str().unwrap().parse::<Uuid>().unwrap());
+    }
+    sqlx::query("UPDATE bookings SET hold_expires_at = now() + interval '150 milliseconds'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let fast =
+        slotq_common::fast_path::FastPath::new(app.redis.clone(), &app.config.redis_namespace);
+    let metrics = slotq_common::metrics::Metrics::new();
+    let pays = join_all(bookings.iter().enumerate().map(|(i, b)| {
+        let app = &app;
+        async move {
+            tokio::time::sleep(Duration::from_millis(100 + (i as u64 * 7) % 100)).await;
+            app.pay(
+                &event(&format!("evt_{i}"), "payment.succeeded", *b),
+                &app.secret,
+                now(),
+            )
+            .await
+            .1["outcome"]
+                .clone()
+        }
+    }));
+    let sweeps = async {
+        for _ in 0..40 {
+            slotq_scheduler::sweep(&app.pool, &fast, &metrics, 5)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let (outcomes, ()) = tokio::join!(pays, sweeps);
+    for (b, outcome) in bookings.iter().zip(outcomes) {
+        let status: String = sqlx::query_scalar("SELECT status::text FROM bookings WHERE id = $1")
+            .bind(b)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        let events: Vec<String> = sqlx::query_scalar("SELECT type FROM outbox WHERE aggregate_id = $1 AND type IN ('booking.confirmed','booking.expired')")
+            .bind(b)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            events.len(),
+            1,
+            "exactly one of confirmed/expired for {b}: {events:?}"
+        );
+        match outcome.as_str() {
+            Some("confirmed") => assert_eq!(
+                (status.as_str(), events[0].as_str()),
+                ("confirmed", "booking.confirmed")
+            ),
+            Some("late_payment_refund_required") => assert_eq!(
+                (status.as_str(), events[0].as_str()),
+                ("expired", "booking.expired")
+            ),
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    app.stop().await;
+}
