@@ -71,15 +71,15 @@ pub struct QueueDepth {
 // `push` stores new jobs in the scheduled ZSET scored with their run time (now), and workers
 // promote due ones to the active LIST when they fetch; so "ready" is the active LIST plus the
 // due part of the ZSET, and "scheduled" its future part (retries). In-flight jobs sit in one
-// SET per registered worker (the members of the workers ZSET are the keys of those sets).
+// SET per registered worker, `{queue}:inflight:{worker name}` (the workers ZSET holds names).
 const DEPTH_LUA: &str = r"
 local now = tonumber(redis.call('TIME')[1])
 local ready = redis.call('LLEN', KEYS[1]) + redis.call('ZCOUNT', KEYS[2], '-inf', now)
 local scheduled = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
 local dead = redis.call('SCARD', KEYS[3])
 local inflight = 0
-for _, set in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
-  inflight = inflight + redis.call('SCARD', set)
+for _, worker in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+  inflight = inflight + redis.call('SCARD', KEYS[5] .. ':' .. worker)
 end
 local oldest = 0
 local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
@@ -99,6 +99,7 @@ pub async fn depth(
             .key(c.scheduled_jobs_set())
             .key(c.dead_jobs_set())
             .key(c.workers_set())
+            .key(c.inflight_jobs_set())
             .invoke_async(conn)
             .await?;
     Ok(QueueDepth {
