@@ -90,7 +90,8 @@ impl Metrics {
             c
         };
         let latency = LATENCY_BUCKETS.to_vec();
-        let m = Metrics {
+
+        Metrics {
             http_requests: counter_vec(
                 "slotq_http_requests_total",
                 "HTTP requests served.",
@@ -178,8 +179,7 @@ impl Metrics {
                 g
             },
             registry,
-        };
-        m
+        }
     }
 
     /// Records the pool's state (call before rendering).

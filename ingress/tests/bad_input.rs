@@ -1,4 +1,8 @@
 //! Every bad input gets the right 4xx as problem+json, and writes nothing.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
 
 use serde_json::{Value, json};
 use slotq_testkit::{Fixture, Options, TestApp, slot, spawn};

@@ -1,5 +1,9 @@
 //! The booking path end to end: submit → queue → batched commit → poll, against real
 //! PostgreSQL and Redis with the workers and the scheduler running in-process.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
 
 use std::time::Duration;
 

@@ -1,4 +1,8 @@
 //! The payment webhook: signatures, idempotency on the event id, and the race with expiry.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
 
 use std::time::Duration;
 

@@ -1,5 +1,9 @@
 //! Accepted means decided: a worker process killed with SIGKILL while it holds claimed jobs
 //! loses none of them; another worker recovers them after the heartbeat timeout.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
 
 use std::{process::Stdio, time::Duration};
 

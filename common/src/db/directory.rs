@@ -245,14 +245,14 @@ pub async fn load_schedules(
             });
         }
     }
-    let exceptions: Vec<(Uuid, NaiveDate, bool, Option<NaiveTime>, Option<NaiveTime>)> =
-        sqlx::query_as(
-            "SELECT practitioner_id, day, closed, start_local, end_local FROM schedule_exceptions
+    type ExceptionRow = (Uuid, NaiveDate, bool, Option<NaiveTime>, Option<NaiveTime>);
+    let exceptions: Vec<ExceptionRow> = sqlx::query_as(
+        "SELECT practitioner_id, day, closed, start_local, end_local FROM schedule_exceptions
          WHERE practitioner_id = ANY($1) ORDER BY practitioner_id, day",
-        )
-        .bind(ids)
-        .fetch_all(pool)
-        .await?;
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
     for (id, date, closed, start, end) in exceptions {
         if let Some(p) = out.get_mut(&id) {
             let hours = match (closed, start, end) {

@@ -104,7 +104,7 @@ impl Schedule {
         for (from, to) in intervals {
             let (from, to) = (minutes(from), minutes(to));
             if minute >= from && minute < to {
-                if (minute - from) % len != 0 {
+                if !(minute - from).is_multiple_of(len) {
                     return Err(SlotProblem::OffGrid);
                 }
                 if minute + len <= to {

@@ -183,17 +183,16 @@ async fn validate(s: &AppState, b: &SubmitBody, now: DateTime<Utc>) -> Result<()
             "no patient with this id",
         ));
     }
-    if let Some(p) = &schedule {
-        if let Err(problem) = p
+    if let Some(p) = &schedule
+        && let Err(problem) = p
             .schedule
             .check(b.slot_start, now, s.config.booking_horizon_days)
-        {
-            errors.push(FieldError::new(
-                "slot_start",
-                problem.reason(),
-                problem.to_string(),
-            ));
-        }
+    {
+        errors.push(FieldError::new(
+            "slot_start",
+            problem.reason(),
+            problem.to_string(),
+        ));
     }
     if errors.is_empty() {
         Ok(())
