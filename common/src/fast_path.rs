@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
@@ -61,6 +61,7 @@ pub struct FastPath {
     conn: ConnectionManager,
     keys: Keys,
     admit: redis::Script,
+    rebuild: redis::Script,
 }
 
 impl FastPath {
@@ -70,6 +71,7 @@ impl FastPath {
             conn,
             keys: Keys::new(namespace),
             admit: redis::Script::new(ADMIT_LUA),
+            rebuild: redis::Script::new(REBUILD_LUA),
         }
     }
 
@@ -169,7 +171,9 @@ impl FastPath {
                 _ => REMEMBER.as_secs(),
             };
             pipe.set_ex(self.keys.request(v.id), json, ttl).ignore();
-            if v.status == "held" || v.reason.as_deref() == Some("slot_taken") {
+            let active =
+                v.booking_id.is_some() && matches!(v.status.as_str(), "held" | "confirmed");
+            if active || v.reason.as_deref() == Some("slot_taken") {
                 self.mark(&mut pipe, v.practitioner_id, v.slot_start, true);
             }
             if !ids.is_empty() {
@@ -178,7 +182,7 @@ impl FastPath {
             ids.push_str(&v.id.to_string());
         }
         pipe.publish(self.keys.decided_channel(), ids).ignore();
-        pipe.query_async(&mut self.conn.clone()).await
+        pipe.atomic().query_async(&mut self.conn.clone()).await
     }
 
     /// After a booking changed status (confirmed, expired, cancelled): drops the cached request
@@ -197,7 +201,7 @@ impl FastPath {
                 self.mark(&mut pipe, *practitioner_id, *slot_start, false);
             }
         }
-        pipe.query_async(&mut self.conn.clone()).await
+        pipe.atomic().query_async(&mut self.conn.clone()).await
     }
 
     fn mark(
@@ -208,14 +212,92 @@ impl FastPath {
         taken: bool,
     ) {
         let key = self.keys.availability(practitioner, slot_start);
+        let version = self
+            .keys
+            .availability_version(practitioner, slot_start.date_naive());
+        let expire = bitmap_expiry(slot_start.date_naive());
         pipe.setbit(&key, availability_bit(slot_start) as usize, taken)
             .ignore();
-        // Keep the bitmap a day past its date; it is only a cache.
-        let day_end =
-            slot_start.timestamp() - i64::from(availability_bit(slot_start)) * 60 + 2 * 86_400;
-        pipe.expire_at(&key, day_end).ignore();
+        pipe.incr(&version, 1).ignore();
+        pipe.expire_at(&key, expire).ignore();
+        pipe.expire_at(&version, expire).ignore();
+    }
+
+    /// The availability bitmaps (and their change counters) of `(practitioner, UTC day)`
+    /// pairs, in one round trip.
+    pub async fn bitmaps(
+        &self,
+        pairs: &[(Uuid, NaiveDate)],
+    ) -> redis::RedisResult<Vec<(Vec<u8>, Option<String>)>> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (p, day) in pairs {
+            pipe.get(self.keys.availability_day(*p, *day));
+            pipe.get(self.keys.availability_version(*p, *day));
+        }
+        let flat: Vec<(Option<Vec<u8>>, Option<String>)> = {
+            let values: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await?;
+            values
+                .chunks(2)
+                .map(|c| {
+                    let bitmap = c.first().and_then(|v| {
+                        redis::from_redis_value::<Option<Vec<u8>>>(v.clone())
+                            .ok()
+                            .flatten()
+                    });
+                    let version = c.get(1).and_then(|v| {
+                        redis::from_redis_value::<Option<String>>(v.clone())
+                            .ok()
+                            .flatten()
+                    });
+                    (bitmap, version)
+                })
+                .collect()
+        };
+        Ok(flat
+            .into_iter()
+            .map(|(b, v)| (b.unwrap_or_default(), v))
+            .collect())
+    }
+
+    /// Stores a bitmap rebuilt from PostgreSQL unless it changed since `seen_version` was read
+    /// (compare-and-set on the change counter). Returns whether it was stored.
+    pub async fn store_rebuilt(
+        &self,
+        practitioner: Uuid,
+        day: NaiveDate,
+        seen_version: Option<&str>,
+        bitmap: &[u8],
+    ) -> redis::RedisResult<bool> {
+        let stored: i32 = self
+            .rebuild
+            .key(self.keys.availability_day(practitioner, day))
+            .key(self.keys.availability_version(practitioner, day))
+            .arg(seen_version.unwrap_or(""))
+            .arg(bitmap)
+            .arg(bitmap_expiry(day))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(stored == 1)
     }
 }
+
+/// Bitmaps live until two days after their date; they are only a cache.
+fn bitmap_expiry(day: NaiveDate) -> i64 {
+    day.and_time(chrono::NaiveTime::MIN).and_utc().timestamp() + 2 * 86_400
+}
+
+// KEYS: 1 bitmap, 2 change counter; ARGV: 1 counter value seen before reading PostgreSQL
+// ('' = none), 2 the rebuilt bitmap, 3 expiry (unix seconds).
+const REBUILD_LUA: &str = r"
+local seen = redis.call('GET', KEYS[2]) or ''
+if seen ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('EXPIREAT', KEYS[1], tonumber(ARGV[3]))
+return 1
+";
 
 fn json_err(e: serde_json::Error) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Client, "json", e.to_string()))

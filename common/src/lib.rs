@@ -8,6 +8,7 @@
 //! - [`config`], [`telemetry`], [`metrics`], [`admin`], [`shutdown`]: process plumbing
 
 pub mod admin;
+pub mod availability;
 pub mod config;
 pub mod db;
 pub mod domain;

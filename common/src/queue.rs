@@ -27,6 +27,9 @@ pub struct HoldJob {
     /// The client's Idempotency-Key, recorded with the decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// For a reschedule: the booking to move to `slot_start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reschedule: Option<Uuid>,
     /// The HTTP request id, so worker logs can be joined to ingress logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -124,6 +127,7 @@ mod tests {
             slot_start: Utc::now(),
             submitted_at: Utc::now(),
             idempotency_key: None,
+            reschedule: None,
             trace_id: Some("abc".into()),
         };
         let json = serde_json::to_string(&job).expect("serializes");

@@ -1,7 +1,7 @@
 //! Every Redis key slotq writes (besides apalis' queue keys), in one place, all under
 //! `REDIS_NAMESPACE` so several stacks or tests can share a Redis.
 
-use chrono::{DateTime, Timelike, Utc};
+use chrono::{DateTime, NaiveDate, Timelike, Utc};
 use uuid::Uuid;
 
 /// Key builder for one namespace.
@@ -28,19 +28,47 @@ impl Keys {
         format!("{}:idem:{key}", self.ns)
     }
 
-    /// Availability bitmap of one practitioner for one UTC day; bit = minute of the day.
+    /// Availability bitmap of one practitioner for one UTC day; bit = minute of the day, and
+    /// bit [`BUILT_BIT`] is set once the bitmap was rebuilt from PostgreSQL.
     pub fn availability(&self, practitioner: Uuid, slot_start: DateTime<Utc>) -> String {
-        format!(
-            "{}:avail:{practitioner}:{}",
-            self.ns,
-            slot_start.format("%Y%m%d")
-        )
+        self.availability_day(practitioner, slot_start.date_naive())
+    }
+
+    /// [`availability`](Self::availability) by UTC date.
+    pub fn availability_day(&self, practitioner: Uuid, day: NaiveDate) -> String {
+        format!("{}:avail:{practitioner}:{}", self.ns, day.format("%Y%m%d"))
+    }
+
+    /// Change counter of an availability bitmap: every change increments it in the same
+    /// MULTI, so a rebuild can compare-and-set (see `fast_path::FastPath::store_rebuilt`).
+    pub fn availability_version(&self, practitioner: Uuid, day: NaiveDate) -> String {
+        format!("{}:availv:{practitioner}:{}", self.ns, day.format("%Y%m%d"))
     }
 
     /// Pub/sub channel announcing decided request ids (comma-separated).
     pub fn decided_channel(&self) -> String {
         format!("{}:decided", self.ns)
     }
+}
+
+/// The bit marking an availability bitmap as complete (rebuilt from PostgreSQL). A bitmap
+/// without it only knows the changes seen since it was lost, so readers rebuild it.
+pub const BUILT_BIT: u32 = 24 * 60;
+
+/// Whether `bit` is set in a Redis bitmap (bit 0 is the most significant bit of byte 0).
+pub fn bit_is_set(bitmap: &[u8], bit: u32) -> bool {
+    bitmap
+        .get((bit / 8) as usize)
+        .is_some_and(|byte| byte & (0x80 >> (bit % 8)) != 0)
+}
+
+/// Sets `bit` in a bitmap, growing it as needed.
+pub fn set_bit(bitmap: &mut Vec<u8>, bit: u32) {
+    let i = (bit / 8) as usize;
+    if bitmap.len() <= i {
+        bitmap.resize(i + 1, 0);
+    }
+    bitmap[i] |= 0x80 >> (bit % 8);
 }
 
 /// The bit of a slot in its day's availability bitmap.
@@ -63,5 +91,11 @@ mod tests {
         assert_eq!(k.availability(id, at), format!("t1:avail:{id}:20260504"));
         assert_eq!(availability_bit(at), 570);
         assert!(k.idempotency("abc").starts_with("t1:idem:"));
+        let mut bitmap = Vec::new();
+        set_bit(&mut bitmap, 570);
+        set_bit(&mut bitmap, BUILT_BIT);
+        assert!(bit_is_set(&bitmap, 570) && bit_is_set(&bitmap, BUILT_BIT));
+        assert!(!bit_is_set(&bitmap, 571) && !bit_is_set(&bitmap, 5000));
+        assert_eq!(bitmap[570 / 8], 0x80 >> (570 % 8));
     }
 }

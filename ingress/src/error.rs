@@ -225,6 +225,15 @@ impl From<redis::RedisError> for ApiError {
     }
 }
 
+impl From<slotq_common::availability::AvailabilityError> for ApiError {
+    fn from(e: slotq_common::availability::AvailabilityError) -> Self {
+        match e {
+            slotq_common::availability::AvailabilityError::Db(e) => e.into(),
+            slotq_common::availability::AvailabilityError::Redis(e) => e.into(),
+        }
+    }
+}
+
 impl From<slotq_common::db::bookings::TransitionError> for ApiError {
     fn from(e: slotq_common::db::bookings::TransitionError) -> Self {
         use slotq_common::db::bookings::TransitionError as T;
@@ -232,7 +241,7 @@ impl From<slotq_common::db::bookings::TransitionError> for ApiError {
             T::NotFound => ApiError::NotFound("no such booking".into()),
             T::Illegal(t) => ApiError::Conflict {
                 code: "illegal_transition",
-                detail: format!("the booking is {} and cannot change that way", t.from),
+                detail: format!("the booking is {}: {t}", t.from),
             },
             T::Db(e) => e.into(),
         }

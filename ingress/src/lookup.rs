@@ -77,6 +77,31 @@ impl Lookup {
         Ok(Some(s))
     }
 
+    /// Schedules of many practitioners (unknown ones are absent), one query for the misses.
+    pub async fn schedules(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, Arc<PractitionerSchedule>>, sqlx::Error> {
+        let mut out = HashMap::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for id in ids {
+            match fresh(&self.schedules, *id, SCHEDULE_TTL) {
+                Some(s) => {
+                    out.insert(*id, s);
+                }
+                None => missing.push(*id),
+            }
+        }
+        if !missing.is_empty() {
+            for (id, s) in load_schedules(&self.pool, &missing).await? {
+                let s = Arc::new(s);
+                store(&self.schedules, id, s.clone());
+                out.insert(id, s);
+            }
+        }
+        Ok(out)
+    }
+
     /// Forgets a practitioner's schedule (after this process changed it).
     pub fn forget_schedule(&self, id: Uuid) {
         self.schedules

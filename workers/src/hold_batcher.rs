@@ -136,6 +136,16 @@ impl Committer {
         match result {
             Ok(decided) => {
                 let views: Vec<_> = decided.iter().map(|d| d.view.clone()).collect();
+                let freed: Vec<_> = decided
+                    .iter()
+                    .filter_map(|d| {
+                        d.freed
+                            .map(|(request, slot)| (request, d.view.practitioner_id, slot, true))
+                    })
+                    .collect();
+                if let Err(e) = self.fast.booking_changed(&freed).await {
+                    tracing::warn!(error = %e, "could not free rescheduled slots in Redis");
+                }
                 if let Err(e) = self.fast.publish_decisions(&views).await {
                     // PostgreSQL holds the decisions; polls fall back to it.
                     tracing::warn!(error = %e, "could not update the Redis fast path");
@@ -197,6 +207,7 @@ impl Committer {
                     slot_start: j.slot_start,
                     submitted_at: j.submitted_at,
                     idempotency_key: j.idempotency_key.clone(),
+                    reschedule: j.reschedule,
                     verdict,
                 }
             })

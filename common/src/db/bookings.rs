@@ -57,6 +57,7 @@ impl Booking {
             slot_start: self.slot_start,
             status: self.status.as_str().to_owned(),
             reason,
+            previous_slot_start: None,
         }
     }
 }
@@ -112,7 +113,9 @@ pub(crate) async fn transition(
     reason: Option<&str>,
     payment_ref: Option<&str>,
 ) -> Result<Booking, TransitionError> {
-    let to = booking.status.apply(event)?;
+    let to = booking
+        .status
+        .apply_at(event, booking.slot_start, chrono::Utc::now())?;
     let updated: Booking = sqlx::query_as(
         "UPDATE bookings SET status = $3, updated_at = now(),
                 confirmed_at = CASE WHEN $3 = 'confirmed' THEN now() ELSE confirmed_at END,
@@ -132,8 +135,8 @@ pub(crate) async fn transition(
         BookingStatus::Confirmed => (types::CONFIRMED, "confirm"),
         BookingStatus::Expired => (types::EXPIRED, "expire"),
         BookingStatus::Cancelled => (types::CANCELLED, "cancel"),
-        BookingStatus::Completed => ("booking.completed", "complete"),
-        BookingStatus::NoShow => ("booking.no_show", "no_show"),
+        BookingStatus::Completed => (types::COMPLETED, "complete"),
+        BookingStatus::NoShow => (types::NO_SHOW, "no_show"),
         BookingStatus::Held => (types::HELD, "hold"),
     };
     insert_events(
@@ -159,10 +162,12 @@ pub(crate) async fn transition(
     Ok(updated)
 }
 
-/// Cancels a held or confirmed booking; the slot is free once this commits.
-pub async fn cancel(
+/// Applies a status change requested through the API (cancel, complete, no-show) to one
+/// booking, in its own transaction. A cancellation also closes an open schedule conflict.
+pub async fn change_status(
     pool: &PgPool,
     id: Uuid,
+    event: BookingEvent,
     reason: Option<&str>,
     actor: &Actor,
 ) -> Result<Booking, TransitionError> {
@@ -170,17 +175,102 @@ pub async fn cancel(
     let booking = lock_booking(&mut tx, id)
         .await?
         .ok_or(TransitionError::NotFound)?;
-    let updated = transition(
-        &mut tx,
-        &booking,
-        BookingEvent::Cancel,
-        actor,
-        Some(reason.unwrap_or("cancelled")),
-        None,
-    )
-    .await?;
+    let reason = match event {
+        BookingEvent::Cancel => Some(reason.unwrap_or("cancelled")),
+        _ => reason,
+    };
+    let updated = transition(&mut tx, &booking, event, actor, reason, None).await?;
+    if event == BookingEvent::Cancel {
+        super::conflicts::close(&mut tx, id, "cancelled").await?;
+    }
     tx.commit().await?;
     Ok(updated)
+}
+
+/// Cancels a held or confirmed booking; the slot is free once this commits.
+pub async fn cancel(
+    pool: &PgPool,
+    id: Uuid,
+    reason: Option<&str>,
+    actor: &Actor,
+) -> Result<Booking, TransitionError> {
+    change_status(pool, id, BookingEvent::Cancel, reason, actor).await
+}
+
+/// Filters and page position of a booking listing.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    /// Only this status.
+    pub status: Option<BookingStatus>,
+    /// Slots starting at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Slots starting before.
+    pub to: Option<DateTime<Utc>>,
+    /// Continue after this (slot_start, id).
+    pub after: Option<(DateTime<Utc>, Uuid)>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// Whose bookings to list.
+#[derive(Clone, Copy, Debug)]
+pub enum ListOwner {
+    /// A patient's.
+    Patient(Uuid),
+    /// A practitioner's (the day sheet).
+    Practitioner(Uuid),
+}
+
+/// Bookings of a patient or practitioner ordered by (slot_start, id), one page.
+pub async fn list(
+    pool: &PgPool,
+    owner: ListOwner,
+    f: &ListFilter,
+) -> Result<Vec<Booking>, sqlx::Error> {
+    let (by_patient, owner_id) = match owner {
+        ListOwner::Patient(id) => (true, id),
+        ListOwner::Practitioner(id) => (false, id),
+    };
+    let (after_start, after_id) = f.after.map_or((None, None), |(s, id)| (Some(s), Some(id)));
+    sqlx::query_as(
+        "SELECT * FROM bookings
+         WHERE (CASE WHEN $1 THEN patient_id ELSE practitioner_id END) = $2
+           AND ($3::booking_status IS NULL OR status = $3)
+           AND ($4::timestamptz IS NULL OR slot_start >= $4)
+           AND ($5::timestamptz IS NULL OR slot_start < $5)
+           AND ($6::timestamptz IS NULL OR (slot_start, id) > ($6, $7))
+         ORDER BY slot_start, id
+         LIMIT $8",
+    )
+    .bind(by_patient)
+    .bind(owner_id)
+    .bind(f.status)
+    .bind(f.from)
+    .bind(f.to)
+    .bind(after_start)
+    .bind(after_id)
+    .bind(f.limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Start instants of the active bookings of a practitioner in `[from, to)`.
+pub async fn active_slot_starts(
+    pool: &PgPool,
+    practitioner_id: Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT slot_start FROM bookings
+         WHERE practitioner_id = $1 AND slot_start >= $2 AND slot_start < $3
+           AND status IN ('held', 'confirmed')",
+    )
+    .bind(practitioner_id)
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await
 }
 
 /// A hold the scheduler expired.
@@ -230,6 +320,7 @@ pub async fn expire_due(pool: &PgPool, limit: i64) -> Result<Vec<ExpiredHold>, s
                 slot_start: e.slot_start,
                 status: BookingStatus::Expired.as_str().to_owned(),
                 reason: Some("hold_expired".into()),
+                previous_slot_start: None,
             },
         })
         .collect();

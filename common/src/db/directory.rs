@@ -145,13 +145,16 @@ pub async fn get_practitioner(
         .await
 }
 
-/// Replaces a practitioner's weekly hours and exceptions in one transaction.
+/// Replaces a practitioner's weekly hours and exceptions in one transaction, and records a
+/// schedule conflict for every active booking the new hours no longer cover (see
+/// [`super::conflicts`]). `schedule` is the practitioner's schedule with the new hours.
+/// Returns the bookings newly in conflict.
 pub async fn replace_hours(
     pool: &PgPool,
     practitioner_id: Uuid,
-    weekly: &[WeeklyHours],
-    exceptions: &[ScheduleException],
-) -> Result<(), sqlx::Error> {
+    schedule: &Schedule,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let (weekly, exceptions) = (&schedule.weekly, &schedule.exceptions);
     let mut tx = pool.begin().await?;
     // Lock the practitioner so concurrent replacements serialize instead of interleaving.
     sqlx::query("SELECT 1 FROM practitioners WHERE id = $1 FOR UPDATE")
@@ -195,7 +198,32 @@ pub async fn replace_hours(
     .bind(&ex_ends)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await
+    let conflicts = super::conflicts::detect(&mut tx, practitioner_id, schedule).await?;
+    tx.commit().await?;
+    Ok(conflicts)
+}
+
+/// Practitioners matching the search filters (all optional), at most `limit`.
+pub async fn search_practitioners(
+    pool: &PgPool,
+    specialty: Option<&str>,
+    clinic_id: Option<Uuid>,
+    country: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Practitioner>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM practitioners
+         WHERE ($1::text IS NULL OR specialty = $1)
+           AND ($2::uuid IS NULL OR clinic_id = $2)
+           AND ($3::text IS NULL OR country_code = $3)
+         ORDER BY id LIMIT $4",
+    )
+    .bind(specialty)
+    .bind(clinic_id)
+    .bind(country)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }
 
 /// Reads the schedules of several practitioners at once (unknown ids are absent).

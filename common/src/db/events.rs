@@ -22,6 +22,14 @@ pub mod types {
     pub const CANCELLED: &str = "booking.cancelled";
     /// Money arrived for a hold that is no longer active: refund it.
     pub const PAYMENT_LATE: &str = "booking.payment_late";
+    /// A booking moved to another slot.
+    pub const RESCHEDULED: &str = "booking.rescheduled";
+    /// New hours no longer cover an active booking; the clinic must resolve it.
+    pub const SCHEDULE_CONFLICT: &str = "booking.schedule_conflict";
+    /// The visit took place.
+    pub const COMPLETED: &str = "booking.completed";
+    /// The patient did not come.
+    pub const NO_SHOW: &str = "booking.no_show";
 }
 
 /// The payload of every booking event: ids only, never personal data.
@@ -42,6 +50,9 @@ pub struct BookingEventData {
     /// Rejection or cancellation reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The slot a rescheduled booking left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_slot_start: Option<DateTime<Utc>>,
 }
 
 /// One outbox row to write.

@@ -6,6 +6,7 @@
 //! exercised by the integration tests instead.
 
 pub mod bookings;
+pub mod conflicts;
 pub mod directory;
 pub mod events;
 pub mod holds;

@@ -15,6 +15,9 @@ pub struct RequestView {
     pub id: Uuid,
     /// `queued`, `rejected`, or the booking's status (`held`, `confirmed`, `expired`, …).
     pub status: String,
+    /// `book` (a new hold) or `reschedule` (moving `booking_id` to `slot_start`).
+    #[serde(default = "book")]
+    pub kind: String,
     /// The booking, once held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub booking_id: Option<Uuid>,
@@ -37,6 +40,10 @@ pub struct RequestView {
     pub decided_at: Option<DateTime<Utc>>,
 }
 
+fn book() -> String {
+    "book".into()
+}
+
 impl RequestView {
     /// Whether the request still waits for its decision.
     pub fn is_queued(&self) -> bool {
@@ -47,6 +54,7 @@ impl RequestView {
 #[derive(sqlx::FromRow)]
 struct Row {
     id: Uuid,
+    kind: String,
     outcome: String,
     reason: Option<String>,
     booking_id: Option<Uuid>,
@@ -67,6 +75,7 @@ impl From<Row> for RequestView {
         };
         RequestView {
             id: r.id,
+            kind: r.kind,
             hold_expires_at: if r.status == Some(BookingStatus::Held) {
                 r.hold_expires_at
             } else {
@@ -84,7 +93,8 @@ impl From<Row> for RequestView {
     }
 }
 
-const DECIDED_VIEWS: &str = "SELECT r.id, r.outcome::text AS outcome, r.reason, r.booking_id,
+const DECIDED_VIEWS: &str =
+    "SELECT r.id, r.kind::text AS kind, r.outcome::text AS outcome, r.reason, r.booking_id,
         r.practitioner_id, r.patient_id, r.slot_start, r.submitted_at, r.decided_at, b.status,
         b.hold_expires_at
     FROM booking_requests r LEFT JOIN bookings b ON b.id = r.booking_id

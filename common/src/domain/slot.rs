@@ -87,6 +87,12 @@ impl Schedule {
         if start > now + Duration::days(i64::from(horizon_days)) {
             return Err(SlotProblem::BeyondHorizon);
         }
+        self.fits(start)
+    }
+
+    /// Checks that `start` lies on the grid inside working hours, whatever the date; returns
+    /// the slot's end. (Used for existing bookings when hours change.)
+    pub fn fits(&self, start: DateTime<Utc>) -> Result<DateTime<Utc>, SlotProblem> {
         if start.timestamp_subsec_nanos() != 0 || start.second() != 0 {
             return Err(SlotProblem::OffGrid);
         }
@@ -96,12 +102,9 @@ impl Schedule {
         if first.map(|f| f.with_timezone(&Utc)) != Some(start) {
             return Err(SlotProblem::OffGrid);
         }
-        let date = local.date_naive();
-        let time = local.time();
-        let intervals = self.intervals_on(date);
-        let minute = minutes(time);
+        let minute = minutes(local.time());
         let len = self.slot_minutes;
-        for (from, to) in intervals {
+        for (from, to) in self.intervals_on(local.date_naive()) {
             let (from, to) = (minutes(from), minutes(to));
             if minute >= from && minute < to {
                 if !(minute - from).is_multiple_of(len) {
@@ -113,6 +116,30 @@ impl Schedule {
             }
         }
         Err(SlotProblem::OutsideHours)
+    }
+
+    /// The slots of a local date, as UTC start instants in order. Local times skipped by a
+    /// spring-forward gap yield no slot; repeated ones yield their first occurrence only
+    /// (the same rule as [`fits`](Self::fits)).
+    pub fn slots_on(&self, date: NaiveDate) -> Vec<DateTime<Utc>> {
+        let len = self.slot_minutes.max(1);
+        let mut out = Vec::new();
+        let mut intervals = self.intervals_on(date);
+        intervals.sort();
+        for (from, to) in intervals {
+            let (from, to) = (minutes(from), minutes(to));
+            let mut m = from;
+            while m + len <= to {
+                if let Some(t) = NaiveTime::from_hms_opt(m / 60, m % 60, 0) {
+                    if let Some(at) = self.tz.from_local_datetime(&date.and_time(t)).earliest() {
+                        out.push(at.with_timezone(&Utc));
+                    }
+                }
+                m += len;
+            }
+        }
+        out.dedup();
+        out
     }
 
     /// Working intervals of a local date: the exception's, else the weekly ones.
@@ -247,6 +274,28 @@ mod tests {
             s.check(utc("2026-03-02T08:00:00Z"), utc(NOW), 60),
             Err(SlotProblem::OutsideHours)
         );
+    }
+
+    #[test]
+    fn slots_of_a_day_follow_the_grid_and_skip_the_missing_hour() {
+        let s = paris_weekdays();
+        let spring = NaiveDate::from_ymd_opt(2026, 3, 29).expect("date");
+        let slots = s.slots_on(spring);
+        // 01:00–17:00 local is 32 half-hours; 02:00 and 02:30 do not exist that day.
+        assert_eq!(slots.len(), 30);
+        assert_eq!(slots[0], utc("2026-03-29T00:00:00Z")); // 01:00 +01
+        assert_eq!(slots[2], utc("2026-03-29T01:00:00Z")); // 03:00 +02
+        for slot in &slots {
+            assert!(s.fits(*slot).is_ok(), "{slot}");
+        }
+        let autumn = NaiveDate::from_ymd_opt(2026, 10, 25).expect("date");
+        let slots = s.slots_on(autumn);
+        // 02:00 and 02:30 happen twice but are offered once: still 32 slots.
+        assert_eq!(slots.len(), 32);
+        assert!(slots.contains(&utc("2026-10-25T00:30:00Z")));
+        assert!(!slots.contains(&utc("2026-10-25T01:30:00Z")));
+        let summer = NaiveDate::from_ymd_opt(2026, 7, 6).expect("date");
+        assert_eq!(s.slots_on(summer)[16], utc("2026-07-06T07:00:00Z")); // 09:00 +02
     }
 
     #[test]

@@ -44,16 +44,20 @@ pub enum BookingEvent {
     Complete,
     /// The patient did not come.
     NoShow,
+    /// The booking moves to another slot; its status is kept.
+    Reschedule,
 }
 
 /// A transition the state machine does not allow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("a {from} booking cannot be {event:?}")]
+#[error("{why}")]
 pub struct IllegalTransition {
     /// Current status.
     pub from: BookingStatus,
     /// The refused event.
     pub event: BookingEvent,
+    /// Explanation for the client.
+    pub why: &'static str,
 }
 
 impl BookingStatus {
@@ -68,8 +72,39 @@ impl BookingStatus {
             (S::Held | S::Confirmed, E::Cancel) => Ok(S::Cancelled),
             (S::Confirmed, E::Complete) => Ok(S::Completed),
             (S::Confirmed, E::NoShow) => Ok(S::NoShow),
-            (from, event) => Err(IllegalTransition { from, event }),
+            (S::Held | S::Confirmed, E::Reschedule) => Ok(self),
+            (from, event) => Err(IllegalTransition {
+                from,
+                event,
+                why: "this change is not allowed in the booking's current status",
+            }),
         }
+    }
+
+    /// [`apply`](Self::apply) with the rules that depend on time: a visit's outcome can only
+    /// be recorded once the slot has started. Every status change in slotq goes through here.
+    pub fn apply_at(
+        self,
+        event: BookingEvent,
+        slot_start: chrono::DateTime<chrono::Utc>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<BookingStatus, IllegalTransition> {
+        let to = self.apply(event)?;
+        if matches!(event, BookingEvent::Complete | BookingEvent::NoShow) && now < slot_start {
+            return Err(IllegalTransition {
+                from: self,
+                event,
+                why: "the visit has not started yet",
+            });
+        }
+        if event == BookingEvent::Reschedule && now >= slot_start {
+            return Err(IllegalTransition {
+                from: self,
+                event,
+                why: "a visit that has started cannot be rescheduled",
+            });
+        }
+        Ok(to)
     }
 
     /// Whether the booking occupies its slot.
@@ -144,17 +179,37 @@ mod tests {
             E::Cancel,
             E::Complete,
             E::NoShow,
+            E::Reschedule,
         ];
         let allowed = all
             .iter()
             .flat_map(|s| events.iter().map(move |e| (*s, *e)))
             .filter(|(s, e)| s.apply(*e).is_ok())
             .count();
-        assert_eq!(allowed, 7);
+        assert_eq!(allowed, 9);
         assert!(S::Expired.apply(E::PaymentSucceeded).is_err());
         assert!(S::Confirmed.apply(E::Expire).is_err());
         for s in all {
             assert_eq!(s.as_str().parse::<S>(), Ok(s));
         }
+    }
+
+    #[test]
+    fn visit_outcomes_wait_for_the_slot_and_reschedules_must_come_before_it() {
+        let slot = chrono::Utc::now();
+        let before = slot - chrono::Duration::minutes(1);
+        let after = slot + chrono::Duration::minutes(1);
+        assert!(S::Confirmed.apply_at(E::Complete, slot, before).is_err());
+        assert_eq!(
+            S::Confirmed.apply_at(E::Complete, slot, after),
+            Ok(S::Completed)
+        );
+        assert_eq!(S::Confirmed.apply_at(E::NoShow, slot, after), Ok(S::NoShow));
+        assert!(S::Held.apply_at(E::Complete, slot, after).is_err());
+        assert_eq!(
+            S::Confirmed.apply_at(E::Reschedule, slot, before),
+            Ok(S::Confirmed)
+        );
+        assert!(S::Confirmed.apply_at(E::Reschedule, slot, after).is_err());
     }
 }

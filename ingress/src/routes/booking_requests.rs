@@ -31,7 +31,7 @@ pub struct SubmitBody {
     slot_start: DateTime<Utc>,
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(raw) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -46,12 +46,20 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-/// The body's identity for idempotency: the parsed fields, so formatting does not matter.
-fn body_hash(b: &SubmitBody) -> String {
+/// The request's identity for idempotency: the parsed fields, so formatting does not matter.
+pub(crate) fn body_hash(
+    patient: Uuid,
+    practitioner: Uuid,
+    slot_start: DateTime<Utc>,
+    reschedule: Option<Uuid>,
+) -> String {
     let mut h = Sha256::new();
-    h.update(b.patient_id.as_bytes());
-    h.update(b.practitioner_id.as_bytes());
-    h.update(b.slot_start.timestamp().to_be_bytes());
+    h.update(patient.as_bytes());
+    h.update(practitioner.as_bytes());
+    h.update(slot_start.timestamp().to_be_bytes());
+    if let Some(b) = reschedule {
+        h.update(b.as_bytes());
+    }
     hex::encode(&h.finalize()[..16])
 }
 
@@ -89,7 +97,35 @@ async fn submit_inner(
     let key = idempotency_key(headers)?;
     let now = Utc::now();
     validate(s, &body, now).await?;
+    let hash = body_hash(body.patient_id, body.practitioner_id, body.slot_start, None);
+    let request = NewRequest {
+        patient_id: body.patient_id,
+        practitioner_id: body.practitioner_id,
+        slot_start: body.slot_start,
+        reschedule: None,
+    };
+    enqueue(s, request, key, &hash, trace).await
+}
 
+/// What [`enqueue`] queues.
+pub(crate) struct NewRequest {
+    pub patient_id: Uuid,
+    pub practitioner_id: Uuid,
+    pub slot_start: DateTime<Utc>,
+    /// For a reschedule: the booking to move.
+    pub reschedule: Option<Uuid>,
+}
+
+/// The common tail of submissions and reschedules (after validation): load shedding, the
+/// atomic Redis admission (idempotency, pre-check, `queued` status), then the job.
+/// Returns the request's view and whether it is an idempotent replay.
+pub(crate) async fn enqueue(
+    s: &AppState,
+    r: NewRequest,
+    key: Option<String>,
+    hash: &str,
+    trace: Option<axum::Extension<RequestId>>,
+) -> Result<(RequestView, bool), ApiError> {
     let ready = s.queue_ready.load(Ordering::Relaxed);
     if ready >= s.config.max_queue_depth {
         return Err(ApiError::Unavailable {
@@ -97,23 +133,27 @@ async fn submit_inner(
             retry_after: 1,
         });
     }
-
     let view = RequestView {
         id: Uuid::now_v7(),
         status: "queued".into(),
-        booking_id: None,
+        kind: if r.reschedule.is_some() {
+            "reschedule"
+        } else {
+            "book"
+        }
+        .into(),
+        booking_id: r.reschedule,
         hold_expires_at: None,
         reason: None,
-        practitioner_id: body.practitioner_id,
-        patient_id: body.patient_id,
-        slot_start: body.slot_start,
-        submitted_at: now,
+        practitioner_id: r.practitioner_id,
+        patient_id: r.patient_id,
+        slot_start: r.slot_start,
+        submitted_at: Utc::now(),
         decided_at: None,
     };
-    let hash = body_hash(&body);
     match s
         .fast
-        .admit(&view, key.as_deref(), &hash, s.config.precheck)
+        .admit(&view, key.as_deref(), hash, s.config.precheck)
         .await?
     {
         Admission::Replay {
@@ -151,6 +191,7 @@ async fn submit_inner(
         slot_start: view.slot_start,
         submitted_at: view.submitted_at,
         idempotency_key: key.clone(),
+        reschedule: r.reschedule,
         trace_id: trace.and_then(|t| t.0.header_value().to_str().ok().map(str::to_owned)),
     };
     if let Err(e) = s.queue.clone().push(job).await {
@@ -162,7 +203,7 @@ async fn submit_inner(
             retry_after: 2,
         });
     }
-    tracing::debug!(request = %view.id, "booking request queued");
+    tracing::debug!(request = %view.id, kind = %view.kind, "booking request queued");
     Ok((view, false))
 }
 

@@ -1,14 +1,26 @@
-//! `GET /v1/bookings/{id}` and `POST /v1/bookings/{id}/cancel`.
+//! Bookings: read, cancel, reschedule, visit outcomes, and the per-patient / per-practitioner
+//! listings.
 
-use axum::{Json, extract::State, response::IntoResponse};
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::IntoResponse,
+};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
-use slotq_common::db::bookings::{self, Actor};
+use slotq_common::{
+    db::bookings::{self, Actor, Booking, ListFilter, ListOwner},
+    domain::status::{BookingEvent, BookingStatus},
+};
 use tower_http::request_id::RequestId;
+use uuid::Uuid;
 
+use super::booking_requests::{NewRequest, body_hash, enqueue, idempotency_key};
 use crate::{
     AppState,
-    error::ApiError,
-    extract::{IdPath, RawBody},
+    error::{ApiError, FieldError},
+    extract::{AppJson, AppQuery, IdPath, RawBody},
 };
 
 /// `GET /v1/bookings/{id}`.
@@ -22,30 +34,51 @@ pub async fn get(
     Ok(Json(b))
 }
 
-/// Optional cancel body.
+/// Optional body of cancel / complete / no-show.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct CancelBody {
+pub struct ChangeBody {
     reason: Option<String>,
+    /// Who cancels: `patient` or `clinic` (recorded in the audit log).
+    by: Option<String>,
 }
 
-/// `POST /v1/bookings/{id}/cancel` (optional body `{reason}`): frees the slot at once.
-pub async fn cancel(
-    State(s): State<AppState>,
-    IdPath(id): IdPath,
-    request_id: Option<axum::Extension<RequestId>>,
-    RawBody(body): RawBody,
-) -> Result<impl IntoResponse, ApiError> {
-    let body: CancelBody = if body.iter().all(u8::is_ascii_whitespace) {
-        CancelBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => {
-                ApiError::invalid_field("body", "invalid", e.to_string())
-            }
-            _ => ApiError::BadRequest(format!("malformed JSON: {e}")),
-        })?
-    };
+fn parse_optional_body(body: &[u8]) -> Result<ChangeBody, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ChangeBody::default());
+    }
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::invalid_field("body", "invalid", e.to_string())
+        }
+        _ => ApiError::BadRequest(format!("malformed JSON: {e}")),
+    })
+}
+
+fn request_id(r: Option<axum::Extension<RequestId>>) -> Option<String> {
+    r.and_then(|r| r.0.header_value().to_str().ok().map(str::to_owned))
+}
+
+/// After a status change: drop the cached request status and free the slot when it is free.
+pub(crate) async fn after_change(s: &AppState, b: &Booking) {
+    let freed = !b.status.is_active();
+    if let Err(e) = s
+        .fast
+        .booking_changed(&[(b.request_id, b.practitioner_id, b.slot_start, freed)])
+        .await
+    {
+        tracing::warn!(error = %e, "could not update the Redis fast path after a status change");
+    }
+}
+
+async fn change(
+    s: &AppState,
+    id: Uuid,
+    event: BookingEvent,
+    trace: Option<axum::Extension<RequestId>>,
+    body: &[u8],
+) -> Result<Json<Booking>, ApiError> {
+    let body = parse_optional_body(body)?;
     let reason = match body
         .reason
         .as_deref()
@@ -55,22 +88,267 @@ pub async fn cancel(
         Some(Ok(r)) => Some(r),
         None => None,
     };
-    let actor = Actor {
-        name: "api".into(),
-        request_id: request_id.and_then(|r| r.0.header_value().to_str().ok().map(str::to_owned)),
+    let by = match body.by.as_deref() {
+        None => "api",
+        Some("patient") => "patient",
+        Some("clinic") => "clinic",
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "by",
+                "invalid",
+                "must be patient or clinic",
+            ));
+        }
     };
-    let booking = bookings::cancel(&s.pool, id, reason.as_deref(), &actor).await?;
-    if let Err(e) = s
-        .fast
-        .booking_changed(&[(
-            booking.request_id,
-            booking.practitioner_id,
-            booking.slot_start,
-            true,
-        )])
-        .await
-    {
-        tracing::warn!(error = %e, "could not update the Redis fast path after a cancel");
-    }
+    let actor = Actor {
+        name: by.into(),
+        request_id: request_id(trace),
+    };
+    let booking = bookings::change_status(&s.pool, id, event, reason.as_deref(), &actor).await?;
+    after_change(s, &booking).await;
     Ok(Json(booking))
+}
+
+/// `POST /v1/bookings/{id}/cancel` (optional `{reason, by}`): frees the slot at once.
+pub async fn cancel(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+    trace: Option<axum::Extension<RequestId>>,
+    RawBody(body): RawBody,
+) -> Result<impl IntoResponse, ApiError> {
+    change(&s, id, BookingEvent::Cancel, trace, &body).await
+}
+
+/// `POST /v1/bookings/{id}/complete`: the visit took place (confirmed, after its start).
+pub async fn complete(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+    trace: Option<axum::Extension<RequestId>>,
+    RawBody(body): RawBody,
+) -> Result<impl IntoResponse, ApiError> {
+    change(&s, id, BookingEvent::Complete, trace, &body).await
+}
+
+/// `POST /v1/bookings/{id}/no-show`: the patient did not come (confirmed, after its start).
+pub async fn no_show(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+    trace: Option<axum::Extension<RequestId>>,
+    RawBody(body): RawBody,
+) -> Result<impl IntoResponse, ApiError> {
+    change(&s, id, BookingEvent::NoShow, trace, &body).await
+}
+
+/// `POST /v1/bookings/{id}/reschedule` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RescheduleBody {
+    slot_start: DateTime<Utc>,
+}
+
+/// `POST /v1/bookings/{id}/reschedule {slot_start}` → 202: a request of kind `reschedule`;
+/// the worker moves the booking in one transaction, or changes nothing.
+pub async fn reschedule(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+    trace: Option<axum::Extension<RequestId>>,
+    headers: HeaderMap,
+    AppJson(body): AppJson<RescheduleBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let booking = bookings::get_booking(&s.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("booking", id))?;
+    let now = Utc::now();
+    booking
+        .status
+        .apply_at(BookingEvent::Reschedule, booking.slot_start, now)
+        .map_err(|t| ApiError::Conflict {
+            code: "illegal_transition",
+            detail: format!("a {} booking cannot be rescheduled: {t}", booking.status),
+        })?;
+    if body.slot_start == booking.slot_start {
+        return Err(ApiError::invalid_field(
+            "slot_start",
+            "same_slot",
+            "the booking is already at this slot",
+        ));
+    }
+    let schedule = s
+        .lookup
+        .schedule(booking.practitioner_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("practitioner", booking.practitioner_id))?;
+    if let Err(problem) =
+        schedule
+            .schedule
+            .check(body.slot_start, now, s.config.booking_horizon_days)
+    {
+        return Err(ApiError::invalid(vec![FieldError::new(
+            "slot_start",
+            problem.reason(),
+            problem.to_string(),
+        )]));
+    }
+    let hash = body_hash(
+        booking.patient_id,
+        booking.practitioner_id,
+        body.slot_start,
+        Some(id),
+    );
+    let request = NewRequest {
+        patient_id: booking.patient_id,
+        practitioner_id: booking.practitioner_id,
+        slot_start: body.slot_start,
+        reschedule: Some(id),
+    };
+    let (view, _) = enqueue(&s, request, key, &hash, trace).await?;
+    let location = format!("/v1/booking-requests/{}", view.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(view),
+    ))
+}
+
+/// Listing parameters.
+#[derive(Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// A date (`YYYY-MM-DD`, midnight UTC) or an RFC 3339 instant.
+pub(crate) fn parse_instant(field: &str, raw: &str) -> Result<DateTime<Utc>, FieldError> {
+    if let Ok(d) = NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        return Ok(d.and_time(chrono::NaiveTime::MIN).and_utc());
+    }
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            FieldError::new(
+                field,
+                "invalid",
+                "must be a date YYYY-MM-DD or an RFC 3339 time",
+            )
+        })
+}
+
+fn cursor_of(b: &Booking) -> String {
+    format!("{}_{}", b.slot_start.timestamp_micros(), b.id)
+}
+
+fn parse_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let (micros, id) = raw.split_once('_')?;
+    Some((
+        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        id.parse().ok()?,
+    ))
+}
+
+fn filter(q: &ListQuery) -> Result<ListFilter, ApiError> {
+    let mut errors = Vec::new();
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(raw) => match raw.parse::<BookingStatus>() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                errors.push(FieldError::new("status", "invalid", e));
+                None
+            }
+        },
+    };
+    let mut instant =
+        |field: &str, raw: &Option<String>| match raw.as_deref().map(|r| parse_instant(field, r)) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                errors.push(e);
+                None
+            }
+            None => None,
+        };
+    let from = instant("from", &q.from);
+    let to = instant("to", &q.to);
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        errors.push(FieldError::new(
+            "limit",
+            "invalid",
+            "must be between 1 and 200",
+        ));
+    }
+    let after = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => match parse_cursor(c) {
+            Some(a) => Some(a),
+            None => {
+                errors.push(FieldError::new(
+                    "cursor",
+                    "invalid",
+                    "not a cursor returned by this endpoint",
+                ));
+                None
+            }
+        },
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    Ok(ListFilter {
+        status,
+        from,
+        to,
+        after,
+        limit,
+    })
+}
+
+async fn list(
+    s: &AppState,
+    owner: ListOwner,
+    q: &ListQuery,
+) -> Result<impl IntoResponse + use<>, ApiError> {
+    let f = filter(q)?;
+    let items = bookings::list(&s.pool, owner, &f).await?;
+    let next_cursor = if items.len() as i64 == f.limit {
+        items.last().map(cursor_of)
+    } else {
+        None
+    };
+    Ok(Json(
+        serde_json::json!({ "items": items, "next_cursor": next_cursor }),
+    ))
+}
+
+/// `GET /v1/patients/{id}/bookings?status=&from=&to=&limit=&cursor=`.
+pub async fn by_patient(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+    AppQuery(q): AppQuery<ListQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    if slotq_common::db::directory::get_patient(&s.pool, id)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found("patient", id));
+    }
+    list(&s, ListOwner::Patient(id), &q).await
+}
+
+/// `GET /v1/practitioners/{id}/bookings?status=&from=&to=&limit=&cursor=` (the day sheet).
+pub async fn by_practitioner(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+    AppQuery(q): AppQuery<ListQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    if slotq_common::db::directory::get_practitioner(&s.pool, id)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found("practitioner", id));
+    }
+    list(&s, ListOwner::Practitioner(id), &q).await
 }

@@ -17,6 +17,7 @@ use slotq_common::{
         slot::{ScheduleException, WeeklyHours},
     },
 };
+use uuid::Uuid;
 
 use crate::{
     AppState,
@@ -306,19 +307,99 @@ fn hours_body(weekly: &[WeeklyHours], exceptions: &[ScheduleException]) -> Hours
     }
 }
 
+/// `PUT /v1/practitioners/{id}/hours` response: the stored hours and the bookings the new
+/// hours no longer cover (listed by `GET /v1/practitioners/{id}/conflicts`).
+#[derive(Serialize)]
+pub struct PutHoursResponse {
+    #[serde(flatten)]
+    hours: HoursBody,
+    new_conflicts: Vec<Uuid>,
+}
+
 /// `PUT /v1/practitioners/{id}/hours`: replaces weekly hours and exceptions.
 pub async fn put_hours(
     State(s): State<AppState>,
     IdPath(id): IdPath,
     AppJson(b): AppJson<HoursBody>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let mut current = directory::load_schedules(&s.pool, &[id]).await?;
+    let mut schedule = current
+        .remove(&id)
+        .ok_or_else(|| ApiError::not_found("practitioner", id))?
+        .schedule;
+    let (weekly, exceptions) = parse_hours(&b)?;
+    schedule.weekly = weekly;
+    schedule.exceptions = exceptions;
+    let new_conflicts = directory::replace_hours(&s.pool, id, &schedule).await?;
+    s.lookup.forget_schedule(id);
+    Ok(Json(PutHoursResponse {
+        hours: hours_body(&schedule.weekly, &schedule.exceptions),
+        new_conflicts,
+    }))
+}
+
+/// `GET /v1/practitioners/{id}/conflicts`: active bookings outside the current hours, open.
+pub async fn conflicts(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+) -> Result<impl IntoResponse, ApiError> {
     if directory::get_practitioner(&s.pool, id).await?.is_none() {
         return Err(ApiError::not_found("practitioner", id));
     }
-    let (weekly, exceptions) = parse_hours(&b)?;
-    directory::replace_hours(&s.pool, id, &weekly, &exceptions).await?;
-    s.lookup.forget_schedule(id);
-    Ok(Json(hours_body(&weekly, &exceptions)))
+    let items = slotq_common::db::conflicts::open(&s.pool, id).await?;
+    Ok(Json(serde_json::json!({ "items": items })))
+}
+
+/// `POST /v1/practitioners/{id}/conflicts/{booking_id}/resolve` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveBody {
+    action: String,
+    reason: Option<String>,
+}
+
+/// Resolves a conflict: `keep` the booking, or `cancel` it (with a reason). Rescheduling goes
+/// through `POST /v1/bookings/{id}/reschedule` and closes the conflict when it succeeds.
+pub async fn resolve_conflict(
+    State(s): State<AppState>,
+    axum::extract::Path((pid, bid)): axum::extract::Path<(String, String)>,
+    AppJson(b): AppJson<ResolveBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (Ok(pid), Ok(bid)) = (pid.parse::<Uuid>(), bid.parse::<Uuid>()) else {
+        return Err(ApiError::NotFound("no such conflict".into()));
+    };
+    let open = slotq_common::db::conflicts::open(&s.pool, pid).await?;
+    if !open.iter().any(|c| c.booking_id == bid) {
+        return Err(ApiError::NotFound(
+            "no open conflict for this booking".into(),
+        ));
+    }
+    match b.action.as_str() {
+        "keep" => {
+            slotq_common::db::conflicts::keep(&s.pool, pid, bid).await?;
+            Ok(Json(
+                serde_json::json!({ "booking_id": bid, "resolution": "kept" }),
+            ))
+        }
+        "cancel" => {
+            let reason = b.reason.as_deref().unwrap_or("schedule_changed");
+            let actor = slotq_common::db::bookings::Actor {
+                name: "clinic".into(),
+                request_id: None,
+            };
+            let booking =
+                slotq_common::db::bookings::cancel(&s.pool, bid, Some(reason), &actor).await?;
+            crate::routes::bookings::after_change(&s, &booking).await;
+            Ok(Json(
+                serde_json::json!({ "booking_id": bid, "resolution": "cancelled" }),
+            ))
+        }
+        _ => Err(ApiError::invalid_field(
+            "action",
+            "invalid",
+            "must be keep or cancel",
+        )),
+    }
 }
 
 /// `GET /v1/practitioners/{id}/hours`.

@@ -1,5 +1,6 @@
 //! Routes of the v1 API and the ops endpoints.
 
+pub mod availability;
 pub mod booking_requests;
 pub mod bookings;
 pub mod directory;
@@ -25,17 +26,43 @@ pub fn router() -> Router<AppState> {
             "/v1/clinics/{id}/practitioners",
             post(directory::create_practitioner),
         )
+        .route("/v1/practitioners", get(availability::practitioners))
         .route("/v1/practitioners/{id}", get(directory::get_practitioner))
+        .route(
+            "/v1/practitioners/{id}/availability",
+            get(availability::availability),
+        )
+        .route(
+            "/v1/practitioners/{id}/availability/rebuild",
+            post(availability::rebuild),
+        )
+        .route(
+            "/v1/practitioners/{id}/bookings",
+            get(bookings::by_practitioner),
+        )
+        .route(
+            "/v1/practitioners/{id}/conflicts",
+            get(directory::conflicts),
+        )
+        .route(
+            "/v1/practitioners/{id}/conflicts/{booking_id}/resolve",
+            post(directory::resolve_conflict),
+        )
+        .route("/v1/slots", get(availability::search))
         .route(
             "/v1/practitioners/{id}/hours",
             get(directory::get_hours).put(directory::put_hours),
         )
         .route("/v1/patients", post(directory::create_patient))
         .route("/v1/patients/{id}", get(directory::get_patient))
+        .route("/v1/patients/{id}/bookings", get(bookings::by_patient))
         .route("/v1/booking-requests", post(booking_requests::submit))
         .route("/v1/booking-requests/{id}", get(booking_requests::poll))
         .route("/v1/bookings/{id}", get(bookings::get))
         .route("/v1/bookings/{id}/cancel", post(bookings::cancel))
+        .route("/v1/bookings/{id}/reschedule", post(bookings::reschedule))
+        .route("/v1/bookings/{id}/complete", post(bookings::complete))
+        .route("/v1/bookings/{id}/no-show", post(bookings::no_show))
         .route("/v1/payments/webhook", post(payments::webhook))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

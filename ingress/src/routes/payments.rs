@@ -118,14 +118,7 @@ async fn handle(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<&'stat
             other => other.into(),
         })?;
     if let Some(b) = &result.changed {
-        let freed = !b.status.is_active();
-        if let Err(e) = s
-            .fast
-            .booking_changed(&[(b.request_id, b.practitioner_id, b.slot_start, freed)])
-            .await
-        {
-            tracing::warn!(error = %e, "could not update the Redis fast path after a payment");
-        }
+        crate::routes::bookings::after_change(s, b).await;
     }
     Ok(result.outcome.as_str())
 }

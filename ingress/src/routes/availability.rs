@@ -1,0 +1,355 @@
+//! Finding a free slot: one practitioner's availability, search across practitioners, and the
+//! practitioner directory. Answers come from the schedules and the Redis bitmaps
+//! (`slotq_common::availability`), not from scanning bookings.
+
+use axum::{Json, extract::State, response::IntoResponse};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use slotq_common::{availability, db::directory};
+use uuid::Uuid;
+
+use super::bookings::parse_instant;
+use crate::{
+    AppState,
+    error::{ApiError, FieldError},
+    extract::{AppQuery, IdPath},
+};
+
+const MAX_DAYS: i64 = 31;
+
+/// `?from=YYYY-MM-DD&days=N`.
+#[derive(Deserialize)]
+pub struct AvailabilityQuery {
+    from: Option<String>,
+    days: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct Slot {
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+}
+
+#[derive(Serialize)]
+struct Day {
+    date: NaiveDate,
+    slots: Vec<Slot>,
+}
+
+/// `GET /v1/practitioners/{id}/availability?from=&days=`: free slots grouped by local day
+/// (the clinic's time zone), `days` ≤ 31 (default 7), `from` defaults to today.
+pub async fn availability(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+    AppQuery(q): AppQuery<AvailabilityQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let p = s
+        .lookup
+        .schedule(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("practitioner", id))?;
+    let tz = p.schedule.tz;
+    let now = Utc::now();
+    let mut errors = Vec::new();
+    let from = match q.from.as_deref() {
+        None => now.with_timezone(&tz).date_naive(),
+        Some(raw) => NaiveDate::parse_from_str(raw, "%Y-%m-%d").unwrap_or_else(|_| {
+            errors.push(FieldError::new(
+                "from",
+                "invalid",
+                "must be a date YYYY-MM-DD",
+            ));
+            NaiveDate::MIN
+        }),
+    };
+    let days = q.days.unwrap_or(7);
+    if !(1..=MAX_DAYS).contains(&days) {
+        errors.push(FieldError::new(
+            "days",
+            "invalid",
+            format!("must be between 1 and {MAX_DAYS}"),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let horizon = now + Duration::days(i64::from(s.config.booking_horizon_days));
+    let dates: Vec<NaiveDate> = from.iter_days().take(days as usize).collect();
+    let per_day: Vec<(NaiveDate, Vec<DateTime<Utc>>)> = dates
+        .iter()
+        .map(|d| {
+            (
+                *d,
+                p.schedule
+                    .slots_on(*d)
+                    .into_iter()
+                    .filter(|t| *t > now && *t <= horizon)
+                    .collect(),
+            )
+        })
+        .collect();
+    let mut utc_days: Vec<NaiveDate> = per_day
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|t| t.date_naive()))
+        .collect();
+    utc_days.sort_unstable();
+    utc_days.dedup();
+    let pairs: Vec<(Uuid, NaiveDate)> = utc_days.iter().map(|d| (id, *d)).collect();
+    let taken = availability::taken(&s.pool, &s.fast, &pairs).await?;
+    let len = Duration::minutes(i64::from(p.schedule.slot_minutes));
+    let days: Vec<Day> = per_day
+        .into_iter()
+        .map(|(date, slots)| Day {
+            date,
+            slots: slots
+                .into_iter()
+                .filter(|t| !taken.is_taken(id, *t))
+                .map(|start| Slot {
+                    start,
+                    end: start + len,
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "practitioner_id": id,
+        "timezone": tz.name(),
+        "slot_minutes": p.schedule.slot_minutes,
+        "days": days,
+    })))
+}
+
+/// `POST /v1/practitioners/{id}/availability/rebuild`: rebuilds the bitmaps of the booking
+/// horizon from PostgreSQL (ops; normally a miss rebuilds on its own).
+pub async fn rebuild(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+) -> Result<impl IntoResponse, ApiError> {
+    if s.lookup.schedule(id).await?.is_none() {
+        return Err(ApiError::not_found("practitioner", id));
+    }
+    let today = Utc::now().date_naive();
+    let days: Vec<NaiveDate> = today
+        .iter_days()
+        .take(s.config.booking_horizon_days as usize + 2)
+        .collect();
+    let rebuilt = availability::rebuild_days(&s.pool, &s.fast, id, &days).await?;
+    Ok(Json(
+        serde_json::json!({ "practitioner_id": id, "days_rebuilt": rebuilt }),
+    ))
+}
+
+/// `GET /v1/slots` parameters.
+#[derive(Deserialize)]
+pub struct SearchQuery {
+    specialty: Option<String>,
+    clinic_id: Option<Uuid>,
+    country: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct FoundSlot {
+    practitioner_id: Uuid,
+    clinic_id: Uuid,
+    specialty: String,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+}
+
+const MAX_PRACTITIONERS: i64 = 5_000;
+
+/// `GET /v1/slots?specialty=&clinic_id=&country=&from=&to=&limit=&cursor=`: free slots across
+/// practitioners, earliest first (ties by practitioner id), cursor-paginated. `from` defaults
+/// to now, `to` to `from` + 7 days (at most 31 days), `limit` to 20 (at most 100).
+pub async fn search(
+    State(s): State<AppState>,
+    AppQuery(q): AppQuery<SearchQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let now = Utc::now();
+    let mut errors = Vec::new();
+    let mut instant =
+        |field: &str, raw: &Option<String>| match raw.as_deref().map(|r| parse_instant(field, r)) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                errors.push(e);
+                None
+            }
+            None => None,
+        };
+    let from = instant("from", &q.from).unwrap_or(now).max(now);
+    let to = instant("to", &q.to).unwrap_or(from + Duration::days(7));
+    if to <= from || to - from > Duration::days(MAX_DAYS) {
+        errors.push(FieldError::new(
+            "to",
+            "invalid",
+            format!("must be after from, at most {MAX_DAYS} days later"),
+        ));
+    }
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        errors.push(FieldError::new(
+            "limit",
+            "invalid",
+            "must be between 1 and 100",
+        ));
+    }
+    let after = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => match parse_cursor(c) {
+            Some(a) => Some(a),
+            None => {
+                errors.push(FieldError::new(
+                    "cursor",
+                    "invalid",
+                    "not a cursor returned by this endpoint",
+                ));
+                None
+            }
+        },
+    };
+    let country = match q
+        .country
+        .as_deref()
+        .map(slotq_common::domain::fields::country_code)
+    {
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            errors.push(FieldError::new("country", "invalid", e));
+            None
+        }
+        None => None,
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let practitioners = directory::search_practitioners(
+        &s.pool,
+        q.specialty.as_deref(),
+        q.clinic_id,
+        country.as_deref(),
+        MAX_PRACTITIONERS,
+    )
+    .await?;
+    let ids: Vec<Uuid> = practitioners.iter().map(|p| p.id).collect();
+    let schedules = s.lookup.schedules(&ids).await?;
+    let horizon = now + Duration::days(i64::from(s.config.booking_horizon_days));
+    let to = to.min(horizon + Duration::seconds(1));
+    let after = after.unwrap_or((from - Duration::seconds(1), Uuid::nil()));
+
+    let mut found: Vec<FoundSlot> = Vec::with_capacity(limit);
+    let mut day = from.date_naive();
+    while found.len() < limit && day <= to.date_naive() {
+        // Candidates starting on this UTC day: local dates around it cover every time zone.
+        let mut candidates: Vec<(DateTime<Utc>, usize)> = Vec::new();
+        for (i, p) in practitioners.iter().enumerate() {
+            let Some(sched) = schedules.get(&p.id) else {
+                continue;
+            };
+            for local in [day.pred_opt(), Some(day), day.succ_opt()]
+                .into_iter()
+                .flatten()
+            {
+                for t in sched.schedule.slots_on(local) {
+                    if t.date_naive() == day && t >= from && t < to && t > now && (t, p.id) > after
+                    {
+                        candidates.push((t, i));
+                    }
+                }
+            }
+        }
+        candidates.sort_by_key(|(t, i)| (*t, practitioners[*i].id));
+        candidates.dedup();
+        let mut pairs: Vec<(Uuid, NaiveDate)> = candidates
+            .iter()
+            .map(|(_, i)| (practitioners[*i].id, day))
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        let taken = availability::taken(&s.pool, &s.fast, &pairs).await?;
+        for (t, i) in candidates {
+            let p = &practitioners[i];
+            if taken.is_taken(p.id, t) {
+                continue;
+            }
+            let len = Duration::minutes(i64::from(p.slot_minutes));
+            found.push(FoundSlot {
+                practitioner_id: p.id,
+                clinic_id: p.clinic_id,
+                specialty: p.specialty.clone(),
+                start: t,
+                end: t + len,
+            });
+            if found.len() == limit {
+                break;
+            }
+        }
+        day = match day.succ_opt() {
+            Some(d) => d,
+            None => break,
+        };
+    }
+    let next_cursor = if found.len() == limit {
+        found
+            .last()
+            .map(|f| format!("{}_{}", f.start.timestamp(), f.practitioner_id))
+    } else {
+        None
+    };
+    Ok(Json(
+        serde_json::json!({ "items": found, "next_cursor": next_cursor }),
+    ))
+}
+
+fn parse_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let (secs, id) = raw.split_once('_')?;
+    Some((
+        DateTime::from_timestamp(secs.parse().ok()?, 0)?,
+        id.parse().ok()?,
+    ))
+}
+
+/// `GET /v1/practitioners` parameters.
+#[derive(Deserialize)]
+pub struct PractitionerQuery {
+    specialty: Option<String>,
+    clinic_id: Option<Uuid>,
+    country: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/practitioners?specialty=&clinic_id=&country=&limit=`.
+pub async fn practitioners(
+    State(s): State<AppState>,
+    AppQuery(q): AppQuery<PractitionerQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid_field(
+            "limit",
+            "invalid",
+            "must be between 1 and 1000",
+        ));
+    }
+    let country = match q
+        .country
+        .as_deref()
+        .map(slotq_common::domain::fields::country_code)
+    {
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => return Err(ApiError::invalid_field("country", "invalid", e)),
+        None => None,
+    };
+    let items = directory::search_practitioners(
+        &s.pool,
+        q.specialty.as_deref(),
+        q.clinic_id,
+        country.as_deref(),
+        limit,
+    )
+    .await?;
+    Ok(Json(serde_json::json!({ "items": items })))
+}
