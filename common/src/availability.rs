@@ -33,6 +33,16 @@ pub enum AvailabilityError {
 pub struct Taken(HashMap<(Uuid, NaiveDate), Vec<u8>>);
 
 impl Taken {
+    /// Adds the bitmaps of another read.
+    pub fn extend(&mut self, other: Taken) {
+        self.0.extend(other.0);
+    }
+
+    /// Whether the bitmap of this practitioner and UTC day has been read.
+    pub fn has(&self, practitioner: Uuid, day: NaiveDate) -> bool {
+        self.0.contains_key(&(practitioner, day))
+    }
+
     /// Whether the slot starting at `start` is taken.
     pub fn is_taken(&self, practitioner: Uuid, start: DateTime<Utc>) -> bool {
         self.0

@@ -118,6 +118,53 @@ impl Schedule {
         Err(SlotProblem::OutsideHours)
     }
 
+    /// The slots starting in `[from, to)`, in order, without computing whole days: only the
+    /// part of each local date that falls in the window (widened by an hour for DST, then
+    /// filtered exactly) is converted. Same rules as [`slots_on`](Self::slots_on).
+    pub fn slots_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        let len = self.slot_minutes.max(1);
+        let lf = (from - Duration::hours(1))
+            .with_timezone(&self.tz)
+            .naive_local();
+        let lt = (to + Duration::hours(1))
+            .with_timezone(&self.tz)
+            .naive_local();
+        let mut out = Vec::new();
+        for date in lf.date().iter_days().take_while(|d| *d <= lt.date()) {
+            let lo = if date == lf.date() {
+                minutes(lf.time())
+            } else {
+                0
+            };
+            let hi = if date == lt.date() {
+                minutes(lt.time())
+            } else {
+                24 * 60
+            };
+            for (a, b) in self.intervals_on(date) {
+                let (a, b) = (minutes(a), minutes(b));
+                let mut m = if lo > a {
+                    a + (lo - a).div_ceil(len) * len
+                } else {
+                    a
+                };
+                while m + len <= b && m <= hi {
+                    let at = NaiveTime::from_hms_opt(m / 60, m % 60, 0)
+                        .and_then(|t| self.tz.from_local_datetime(&date.and_time(t)).earliest());
+                    if let Some(at) = at.map(|t| t.with_timezone(&Utc)) {
+                        if at >= from && at < to {
+                            out.push(at);
+                        }
+                    }
+                    m += len;
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// The slots of a local date, as UTC start instants in order. Local times skipped by a
     /// spring-forward gap yield no slot; repeated ones yield their first occurrence only
     /// (the same rule as [`fits`](Self::fits)).
@@ -296,6 +343,29 @@ mod tests {
         assert!(!slots.contains(&utc("2026-10-25T01:30:00Z")));
         let summer = NaiveDate::from_ymd_opt(2026, 7, 6).expect("date");
         assert_eq!(s.slots_on(summer)[16], utc("2026-07-06T07:00:00Z")); // 09:00 +02
+    }
+
+    #[test]
+    fn slots_between_agrees_with_slots_of_whole_days() {
+        let s = paris_weekdays();
+        for day in ["2026-03-28", "2026-03-29", "2026-10-25", "2026-07-06"] {
+            let d = NaiveDate::parse_from_str(day, "%Y-%m-%d").expect("date");
+            let whole: Vec<_> = [d.pred_opt(), Some(d), d.succ_opt()]
+                .into_iter()
+                .flatten()
+                .flat_map(|l| s.slots_on(l))
+                .collect();
+            let from = d.and_time(NaiveTime::MIN).and_utc();
+            let to = from + Duration::hours(24);
+            let mut expected: Vec<_> = whole
+                .into_iter()
+                .filter(|t| *t >= from && *t < to)
+                .collect();
+            expected.sort();
+            assert_eq!(s.slots_between(from, to), expected, "{day}");
+            let mid = from + Duration::minutes(150);
+            assert!(s.slots_between(mid, to).iter().all(|t| *t >= mid));
+        }
     }
 
     #[test]

@@ -241,56 +241,54 @@ pub async fn search(
     let after = after.unwrap_or((from - Duration::seconds(1), Uuid::nil()));
 
     let mut found: Vec<FoundSlot> = Vec::with_capacity(limit);
-    let mut day = from.date_naive();
-    while found.len() < limit && day <= to.date_naive() {
-        // Candidates starting on this UTC day: local dates around it cover every time zone.
+    // Windows of a few hours, earliest first: a page is usually found in the first one.
+    let mut window = from;
+    while found.len() < limit && window < to {
+        let window_end = (window + Duration::hours(6)).min(to);
         let mut candidates: Vec<(DateTime<Utc>, usize)> = Vec::new();
         for (i, p) in practitioners.iter().enumerate() {
             let Some(sched) = schedules.get(&p.id) else {
                 continue;
             };
-            for local in [day.pred_opt(), Some(day), day.succ_opt()]
-                .into_iter()
-                .flatten()
-            {
-                for t in sched.schedule.slots_on(local) {
-                    if t.date_naive() == day && t >= from && t < to && t > now && (t, p.id) > after
-                    {
-                        candidates.push((t, i));
-                    }
+            for t in sched.schedule.slots_between(window, window_end) {
+                if t > now && (t, p.id) > after {
+                    candidates.push((t, i));
                 }
             }
         }
         candidates.sort_by_key(|(t, i)| (*t, practitioners[*i].id));
         candidates.dedup();
-        let mut pairs: Vec<(Uuid, NaiveDate)> = candidates
-            .iter()
-            .map(|(_, i)| (practitioners[*i].id, day))
-            .collect();
-        pairs.sort_unstable();
-        pairs.dedup();
-        let taken = availability::taken(&s.pool, &s.fast, &pairs).await?;
-        for (t, i) in candidates {
-            let p = &practitioners[i];
-            if taken.is_taken(p.id, t) {
-                continue;
-            }
-            let len = Duration::minutes(i64::from(p.slot_minutes));
-            found.push(FoundSlot {
-                practitioner_id: p.id,
-                clinic_id: p.clinic_id,
-                specialty: p.specialty.clone(),
-                start: t,
-                end: t + len,
-            });
-            if found.len() == limit {
-                break;
+        // Bitmaps are read for the earliest candidates first, a chunk at a time: a page of
+        // 20 usually needs a handful of bitmaps, not one per practitioner.
+        let mut taken = availability::Taken::default();
+        'chunks: for chunk in candidates.chunks((limit * 2).max(64)) {
+            let mut pairs: Vec<(Uuid, NaiveDate)> = chunk
+                .iter()
+                .map(|(t, i)| (practitioners[*i].id, t.date_naive()))
+                .filter(|(p, d)| !taken.has(*p, *d))
+                .collect();
+            pairs.sort_unstable();
+            pairs.dedup();
+            taken.extend(availability::taken(&s.pool, &s.fast, &pairs).await?);
+            for (t, i) in chunk {
+                let p = &practitioners[*i];
+                if taken.is_taken(p.id, *t) {
+                    continue;
+                }
+                let len = Duration::minutes(i64::from(p.slot_minutes));
+                found.push(FoundSlot {
+                    practitioner_id: p.id,
+                    clinic_id: p.clinic_id,
+                    specialty: p.specialty.clone(),
+                    start: *t,
+                    end: *t + len,
+                });
+                if found.len() == limit {
+                    break 'chunks;
+                }
             }
         }
-        day = match day.succ_opt() {
-            Some(d) => d,
-            None => break,
-        };
+        window = window_end;
     }
     let next_cursor = if found.len() == limit {
         found
