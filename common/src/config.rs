@@ -63,6 +63,12 @@ pub struct Config {
     pub max_queue_depth: u64,
     /// How far ahead slots can be booked.
     pub booking_horizon_days: u32,
+    /// The outbox relay to Kafka; `None` (relay off) when `KAFKA_BROKERS` is unset.
+    pub kafka: Option<KafkaConfig>,
+    /// Outbox polling (relay and webhook dispatcher) and retention.
+    pub outbox: OutboxConfig,
+    /// Outbound client webhooks.
+    pub webhooks: WebhookConfig,
     /// Whether ingress checks the Redis availability bitmap before enqueueing.
     pub precheck: bool,
     /// Apply migrations at start-up.
@@ -81,6 +87,17 @@ pub struct Config {
     pub max_poll_wait: Duration,
     /// Largest request body ingress accepts.
     pub max_body_bytes: usize,
+    /// How long ingress keeps serving, with `/readyz` answering 503, between SIGTERM and
+    /// closing its listener, so load balancers stop sending it traffic first.
+    pub shutdown_delay: Duration,
+    /// Token verification (`JWT_*`).
+    pub auth: crate::auth::AuthConfig,
+    /// Personal-data encryption keys (`PII_KEYS`, `PII_INDEX_KEY`); `None` = development keys.
+    pub pii: Option<crate::pii::PiiKeys>,
+    /// Request rate limits (`RATE_LIMIT_*`).
+    pub rate_limits: crate::rate_limit::RateLimits,
+    /// Per-request time limit of ingress (long-polls excepted).
+    pub request_timeout: Duration,
 }
 
 /// A configuration problem, naming the variable.
@@ -105,8 +122,9 @@ impl Config {
     pub fn from_vars(role: Role, vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let env = Env(vars);
         let default_admin = match role {
+            Role::Workers => "127.0.0.1:9090",
             Role::Scheduler => "127.0.0.1:9091",
-            _ => "127.0.0.1:9090",
+            Role::Ingress => "127.0.0.1:9092",
         };
         let batch_max: usize = env.parse("BATCH_MAX", "128")?;
         let config = Config {
@@ -131,6 +149,9 @@ impl Config {
             committers: env.parse("BATCH_COMMITTERS", "2")?,
             max_queue_depth: env.parse("MAX_QUEUE_DEPTH", "100000")?,
             booking_horizon_days: env.parse("BOOKING_HORIZON_DAYS", "60")?,
+            kafka: KafkaConfig::from_env(&env)?,
+            outbox: OutboxConfig::from_env(&env)?,
+            webhooks: WebhookConfig::from_env(&env)?,
             precheck: env.flag("PRECHECK", true)?,
             auto_migrate: env.flag("AUTO_MIGRATE", false)?,
             log_format: match env.string("LOG_FORMAT", "text").as_str() {
@@ -150,6 +171,35 @@ impl Config {
             expiry_batch: env.parse("EXPIRY_BATCH", "500")?,
             max_poll_wait: Duration::from_secs(30),
             max_body_bytes: env.parse("MAX_BODY_BYTES", "65536")?,
+            shutdown_delay: Duration::from_millis(env.parse("SHUTDOWN_DELAY_MS", "0")?),
+            auth: crate::auth::AuthConfig {
+                hs256_secret: env
+                    .0
+                    .get("JWT_HS256_SECRET")
+                    .filter(|s| !s.is_empty())
+                    .cloned(),
+                jwks: env.0.get("JWT_JWKS").filter(|s| !s.is_empty()).cloned(),
+                issuer: env.string("JWT_ISSUER", "slotq"),
+                audience: env.string("JWT_AUDIENCE", "slotq-api"),
+                leeway: Duration::from_secs(env.parse("JWT_LEEWAY_SECS", "30")?),
+            },
+            pii: match env.0.get("PII_KEYS").filter(|s| !s.is_empty()) {
+                None => None,
+                Some(keys) => {
+                    let index = env.string("PII_INDEX_KEY", "");
+                    Some(
+                        crate::pii::PiiKeys::parse(keys, &index)
+                            .map_err(|e| ConfigError::new("PII_KEYS", "(hidden)", &e.0))?,
+                    )
+                }
+            },
+            rate_limits: crate::rate_limit::RateLimits {
+                enabled: env.flag("RATE_LIMIT_ENABLED", true)?,
+                read: limit(&env, "RATE_LIMIT_READ", "50/100")?,
+                write: limit(&env, "RATE_LIMIT_WRITE", "10/30")?,
+                booking: limit(&env, "RATE_LIMIT_BOOKING", "1/10")?,
+            },
+            request_timeout: Duration::from_secs(env.parse("REQUEST_TIMEOUT_SECS", "10")?),
         };
         config.validate()?;
         Ok(config)
@@ -213,6 +263,15 @@ impl ConfigError {
     }
 }
 
+fn limit(
+    env: &Env<'_>,
+    var: &'static str,
+    default: &str,
+) -> Result<crate::rate_limit::Limit, ConfigError> {
+    let raw = env.string(var, default);
+    crate::rate_limit::Limit::parse(&raw).map_err(|e| ConfigError::new(var, &raw, &e))
+}
+
 struct Env<'a>(&'a HashMap<String, String>);
 
 impl Env<'_> {
@@ -246,6 +305,171 @@ impl Env<'_> {
             Some("0" | "false" | "no" | "off") => Ok(false),
             Some(other) => Err(ConfigError::new(var, other, "expected 1 or 0")),
         }
+    }
+}
+
+/// The outbox relay to Kafka.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// `KAFKA_BROKERS`: bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// `KAFKA_TOPIC`: where booking events go.
+    pub topic: String,
+    /// `KAFKA_MESSAGE_TIMEOUT_MS`: how long the producer tries to deliver one batch before the
+    /// relay gives up, releases the rows and backs off.
+    pub message_timeout: Duration,
+    /// `KAFKA_PROPERTIES`: extra librdkafka properties (`key=value,key=value`), e.g.
+    /// `linger.ms=20`; they cannot turn idempotence or `acks=all` off.
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    fn from_env(env: &Env<'_>) -> Result<Option<Self>, ConfigError> {
+        let brokers = env.string("KAFKA_BROKERS", "");
+        if brokers.trim().is_empty() {
+            return Ok(None);
+        }
+        let topic = env.string("KAFKA_TOPIC", "booking-events");
+        if topic.len() > 249
+            || !topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(ConfigError::new(
+                "KAFKA_TOPIC",
+                &topic,
+                "expected at most 249 of [A-Za-z0-9._-]",
+            ));
+        }
+        let message_timeout =
+            Duration::from_millis(env.parse("KAFKA_MESSAGE_TIMEOUT_MS", "10000")?);
+        if message_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "KAFKA_MESSAGE_TIMEOUT_MS",
+                message_timeout.as_millis(),
+                "must be at least 100",
+            ));
+        }
+        let raw = env.string("KAFKA_PROPERTIES", "");
+        let mut properties = Vec::new();
+        for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => {
+                    properties.push((k.trim().to_owned(), v.trim().to_owned()));
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        "KAFKA_PROPERTIES",
+                        &raw,
+                        "expected key=value[,key=value…]",
+                    ));
+                }
+            }
+        }
+        Ok(Some(KafkaConfig {
+            brokers: brokers.trim().to_owned(),
+            topic,
+            message_timeout,
+            properties,
+        }))
+    }
+}
+
+/// Outbox polling and retention.
+#[derive(Clone, Debug)]
+pub struct OutboxConfig {
+    /// `OUTBOX_BATCH`: rows the relay and the dispatcher claim at once.
+    pub batch: i64,
+    /// `OUTBOX_POLL_MS`: how often an idle relay or dispatcher looks for new rows.
+    pub poll_interval: Duration,
+    /// `OUTBOX_RETENTION_SECS`: published (and dispatched) events older than this are deleted
+    /// by the scheduler.
+    pub retention: Duration,
+}
+
+impl OutboxConfig {
+    fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        let batch: i64 = env.parse("OUTBOX_BATCH", "500")?;
+        if !(1..=10_000).contains(&batch) {
+            return Err(ConfigError::new(
+                "OUTBOX_BATCH",
+                batch,
+                "must be 1 to 10000",
+            ));
+        }
+        let poll_ms: u64 = env.parse("OUTBOX_POLL_MS", "100")?;
+        if poll_ms < 5 {
+            return Err(ConfigError::new(
+                "OUTBOX_POLL_MS",
+                poll_ms,
+                "must be at least 5",
+            ));
+        }
+        let retention: u64 = env.parse("OUTBOX_RETENTION_SECS", "604800")?;
+        if retention == 0 {
+            return Err(ConfigError::new(
+                "OUTBOX_RETENTION_SECS",
+                0,
+                "must be at least 1",
+            ));
+        }
+        Ok(OutboxConfig {
+            batch,
+            poll_interval: Duration::from_millis(poll_ms),
+            retention: Duration::from_secs(retention),
+        })
+    }
+}
+
+/// Outbound client webhooks.
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    /// `WEBHOOK_DISPATCH`: whether this worker process runs the dispatcher.
+    pub dispatch: bool,
+    /// `WEBHOOK_ALLOW_PRIVATE`: allow private and loopback targets (tests, closed networks).
+    pub allow_private: bool,
+    /// `WEBHOOK_TIMEOUT_MS`: one attempt's limit, connection included.
+    pub timeout: Duration,
+    /// `WEBHOOK_CONCURRENCY`: attempts in flight per worker process.
+    pub concurrency: usize,
+    /// `WEBHOOK_RETRY_BASE_MS`: the first retry's delay; each next one doubles (± jitter).
+    pub retry_base: Duration,
+    /// `WEBHOOK_RETRY_MAX_MS`: the longest delay between two attempts.
+    pub retry_max: Duration,
+    /// `WEBHOOK_RETRY_WINDOW_SECS`: how long a delivery is retried before it is dead-lettered.
+    pub retry_window: Duration,
+}
+
+impl WebhookConfig {
+    fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        let c = WebhookConfig {
+            dispatch: env.flag("WEBHOOK_DISPATCH", true)?,
+            allow_private: env.flag("WEBHOOK_ALLOW_PRIVATE", false)?,
+            timeout: Duration::from_millis(env.parse("WEBHOOK_TIMEOUT_MS", "10000")?),
+            concurrency: env.parse("WEBHOOK_CONCURRENCY", "32")?,
+            retry_base: Duration::from_millis(env.parse("WEBHOOK_RETRY_BASE_MS", "5000")?),
+            retry_max: Duration::from_millis(env.parse("WEBHOOK_RETRY_MAX_MS", "3600000")?),
+            retry_window: Duration::from_secs(env.parse("WEBHOOK_RETRY_WINDOW_SECS", "86400")?),
+        };
+        let positive = [
+            ("WEBHOOK_TIMEOUT_MS", c.timeout.as_millis()),
+            ("WEBHOOK_CONCURRENCY", c.concurrency as u128),
+            ("WEBHOOK_RETRY_BASE_MS", c.retry_base.as_millis()),
+            ("WEBHOOK_RETRY_WINDOW_SECS", c.retry_window.as_secs().into()),
+        ];
+        for (var, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::new(var, "0", "must be at least 1"));
+            }
+        }
+        if c.retry_max < c.retry_base {
+            return Err(ConfigError::new(
+                "WEBHOOK_RETRY_MAX_MS",
+                c.retry_max.as_millis(),
+                "must be at least WEBHOOK_RETRY_BASE_MS",
+            ));
+        }
+        Ok(c)
     }
 }
 
@@ -285,5 +509,47 @@ mod tests {
         let err =
             Config::from_vars(Role::Ingress, &vars(&[("AUTO_MIGRATE", "maybe")])).unwrap_err();
         assert_eq!(err.var, "AUTO_MIGRATE");
+    }
+
+    #[test]
+    fn kafka_is_off_unless_brokers_are_set_and_outbound_defaults_hold() {
+        let c = Config::from_vars(Role::Workers, &HashMap::new()).expect("defaults are valid");
+        assert!(c.kafka.is_none());
+        assert_eq!(c.outbox.retention, Duration::from_secs(7 * 24 * 3600));
+        assert!(c.webhooks.dispatch);
+        assert!(!c.webhooks.allow_private);
+        assert_eq!(c.webhooks.retry_window, Duration::from_secs(24 * 3600));
+        let c = Config::from_vars(
+            Role::Workers,
+            &vars(&[
+                ("KAFKA_BROKERS", "k1:9092,k2:9092"),
+                ("KAFKA_PROPERTIES", "linger.ms=20, client.rack=eu-1a"),
+            ]),
+        )
+        .expect("valid");
+        let k = c.kafka.expect("relay on");
+        assert_eq!(k.brokers, "k1:9092,k2:9092");
+        assert_eq!(k.topic, "booking-events");
+        assert_eq!(
+            k.properties,
+            vec![
+                ("linger.ms".to_owned(), "20".to_owned()),
+                ("client.rack".to_owned(), "eu-1a".to_owned())
+            ]
+        );
+        for (var, value) in [
+            ("KAFKA_PROPERTIES", "linger.ms"),
+            ("KAFKA_TOPIC", "booking events"),
+            ("WEBHOOK_ALLOW_PRIVATE", "maybe"),
+            ("WEBHOOK_RETRY_MAX_MS", "10"),
+            ("OUTBOX_BATCH", "0"),
+        ] {
+            let err = Config::from_vars(
+                Role::Workers,
+                &vars(&[("KAFKA_BROKERS", "k:9092"), (var, value)]),
+            )
+            .unwrap_err();
+            assert_eq!(err.var, var);
+        }
     }
 }

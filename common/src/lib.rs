@@ -8,17 +8,21 @@
 //! - [`config`], [`telemetry`], [`metrics`], [`admin`], [`shutdown`]: process plumbing
 
 pub mod admin;
+pub mod auth;
 pub mod availability;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod fast_path;
 pub mod metrics;
+pub mod pii;
 pub mod queue;
+pub mod rate_limit;
 pub mod redis_keys;
 pub mod shutdown;
 pub mod signature;
 pub mod telemetry;
+pub mod webhooks;
 
 /// Opens the Redis connection manager (reconnects by itself).
 pub async fn redis_connect(url: &str) -> redis::RedisResult<redis::aio::ConnectionManager> {

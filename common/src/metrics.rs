@@ -2,7 +2,7 @@
 //! components in one process). Names follow Prometheus conventions with the `slotq_` prefix.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -34,12 +34,29 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     /// Age of the oldest ready job.
     pub queue_oldest_age: IntGauge,
+    /// `MAX_QUEUE_DEPTH` (set by ingress), so alerts can compare depth with the shedding point.
+    pub queue_max_depth: IntGauge,
     /// Holds expired by the scheduler.
     pub holds_expired: IntCounter,
     /// now − hold_expires_at at expiry.
     pub expiry_lag: Histogram,
     /// Payment webhooks by outcome (including `unauthorized`, `unknown_booking`).
     pub payment_webhooks: IntCounterVec,
+    /// Outbox events the broker acknowledged (relay).
+    pub events_published: IntCounter,
+    /// Outbox events the relay failed to publish (they wait and are retried).
+    pub event_publish_failures: IntCounter,
+    /// Age of the oldest unpublished outbox row (relay).
+    pub outbox_lag: Gauge,
+    /// Age of the oldest outbox row not yet fanned out to webhook deliveries (dispatcher).
+    pub webhook_dispatch_lag: Gauge,
+    /// Webhook delivery attempts by outcome (`delivered`, `failed`, `gone`, `blocked`,
+    /// `dead_lettered`).
+    pub webhook_deliveries: IntCounterVec,
+    /// Webhook deliveries dead-lettered after their retry window.
+    pub webhook_dead_letters: IntCounter,
+    /// Outbox rows deleted after the retention period (scheduler).
+    pub outbox_deleted: IntCounter,
     /// Database pool connections by state (in_use, idle).
     pub db_pool: IntGaugeVec,
     /// Whether this process is shutting down (1) or serving (0).
@@ -148,6 +165,17 @@ impl Metrics {
                     .unwrap_or_else(|e| unreachable!("{e}"));
                 g
             },
+            queue_max_depth: {
+                let g = IntGauge::new(
+                    "slotq_queue_max_depth",
+                    "Ready jobs above which ingress sheds load (MAX_QUEUE_DEPTH).",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}"));
+                registry
+                    .register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| unreachable!("{e}"));
+                g
+            },
             holds_expired: counter(
                 "slotq_holds_expired_total",
                 "Holds expired by the scheduler.",
@@ -161,6 +189,49 @@ impl Metrics {
                 "slotq_payment_webhooks_total",
                 "Payment webhooks by outcome.",
                 &["outcome"],
+            ),
+            events_published: counter(
+                "slotq_events_published_total",
+                "Outbox events published to Kafka and acknowledged by the broker.",
+            ),
+            event_publish_failures: counter(
+                "slotq_event_publish_failures_total",
+                "Outbox events whose publication failed (they stay in the outbox and are retried).",
+            ),
+            outbox_lag: {
+                let g = Gauge::new(
+                    "slotq_outbox_lag_seconds",
+                    "Age of the oldest outbox event not yet published to Kafka (0 when none waits).",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}"));
+                registry
+                    .register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| unreachable!("{e}"));
+                g
+            },
+            webhook_dispatch_lag: {
+                let g = Gauge::new(
+                    "slotq_webhook_dispatch_lag_seconds",
+                    "Age of the oldest outbox event not yet turned into webhook deliveries.",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}"));
+                registry
+                    .register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| unreachable!("{e}"));
+                g
+            },
+            webhook_deliveries: counter_vec(
+                "slotq_webhook_deliveries_total",
+                "Webhook delivery attempts by outcome.",
+                &["outcome"],
+            ),
+            webhook_dead_letters: counter(
+                "slotq_webhook_dead_letters_total",
+                "Webhook deliveries dead-lettered after their retry window.",
+            ),
+            outbox_deleted: counter(
+                "slotq_outbox_events_deleted_total",
+                "Outbox events deleted after the retention period.",
             ),
             db_pool: gauge_vec(
                 "slotq_db_pool_connections",
@@ -189,6 +260,20 @@ impl Metrics {
         self.db_pool
             .with_label_values(&["in_use"])
             .set(i64::from(pool.size()) - idle);
+    }
+
+    /// Records one reading of the hold queue's depth (ingress and workers both export it, so
+    /// alerts and autoscalers still see the queue when one of them is down).
+    pub fn observe_queue(&self, d: &crate::queue::QueueDepth) {
+        self.queue_oldest_age.set(d.oldest_ready_age_secs as i64);
+        for (state, v) in [
+            ("ready", d.ready),
+            ("scheduled", d.scheduled),
+            ("inflight", d.inflight),
+            ("dead", d.dead),
+        ] {
+            self.queue_depth.with_label_values(&[state]).set(v as i64);
+        }
     }
 
     /// The text exposition format.

@@ -50,6 +50,15 @@ pub enum ApiError {
     /// 401: authentication failed (payment webhook signature).
     #[error("{0}")]
     Unauthorized(String),
+    /// 403: authenticated, but the role may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 429: over the rate limit; retry after this many seconds.
+    #[error("too many requests; retry after {retry_after} s")]
+    TooManyRequests {
+        /// Seconds for `Retry-After`.
+        retry_after: u64,
+    },
     /// 404: no such resource.
     #[error("{0}")]
     NotFound(String),
@@ -116,6 +125,12 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
@@ -192,7 +207,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let ApiError::Unavailable { retry_after, .. } = self {
+        if let ApiError::Unavailable { retry_after, .. }
+        | ApiError::TooManyRequests { retry_after } = self
+        {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }

@@ -5,6 +5,7 @@
 //! registers the request in Redis (idempotency, availability pre-check, `queued` status),
 //! pushes the job and answers 202. See `ARCHITECTURE.md` for the whole data path.
 
+pub mod auth;
 pub mod decisions;
 pub mod error;
 pub mod extract;
@@ -60,6 +61,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set when the process drains.
     pub shutdown: Shutdown,
+    /// Verifies Bearer tokens.
+    pub verifier: Arc<slotq_common::auth::Verifier>,
+    /// Personal-data encryption keys.
+    pub pii: Arc<slotq_common::pii::PiiKeys>,
 }
 
 impl AppState {
@@ -81,6 +86,33 @@ impl AppState {
             .context("connecting to Redis")?;
         let fast = FastPath::new(redis.clone(), &config.redis_namespace);
         let queue = slotq_common::queue::hold_storage(redis.clone(), &config);
+        let pii = match &config.pii {
+            Some(keys) => keys.clone(),
+            None => {
+                tracing::warn!(
+                    "PII_KEYS is unset: patient data is encrypted with a development key; never do this in production"
+                );
+                slotq_common::pii::PiiKeys::parse(
+                    slotq_common::pii::DEV_KEYS,
+                    slotq_common::pii::DEV_INDEX_KEY,
+                )?
+            }
+        };
+        let changed = slotq_common::db::directory::encrypt_patients_at_rest(&pool, &pii)
+            .await
+            .context("encrypting patient data at rest")?;
+        if changed > 0 {
+            tracing::info!(
+                rows = changed,
+                "patient data encrypted with the current key"
+            );
+        }
+        if config.auth.hs256_secret.is_none() && config.auth.jwks.is_none() {
+            tracing::warn!(
+                "neither JWT_HS256_SECRET nor JWT_JWKS is set: every /v1 request except the payment webhook will be refused"
+            );
+        }
+        let verifier = Arc::new(slotq_common::auth::Verifier::new(config.auth.clone()));
         let (decided, _) = tokio::sync::broadcast::channel(8192);
         decisions::listen(client, fast.keys().decided_channel(), decided.clone());
         let state = AppState {
@@ -94,7 +126,13 @@ impl AppState {
             queue_ready: Arc::new(AtomicU64::new(0)),
             metrics: Arc::new(Metrics::new()),
             shutdown,
+            verifier,
+            pii: Arc::new(pii),
         };
+        state
+            .metrics
+            .queue_max_depth
+            .set(i64::try_from(state.config.max_queue_depth).unwrap_or(i64::MAX));
         state.spawn_depth_refresher();
         Ok(state)
     }
@@ -109,22 +147,7 @@ impl AppState {
                 match slotq_common::queue::depth(&mut conn, &state.config).await {
                     Ok(d) => {
                         state.queue_ready.store(d.ready, Ordering::Relaxed);
-                        state
-                            .metrics
-                            .queue_oldest_age
-                            .set(d.oldest_ready_age_secs as i64);
-                        for (label, v) in [
-                            ("ready", d.ready),
-                            ("scheduled", d.scheduled),
-                            ("inflight", d.inflight),
-                            ("dead", d.dead),
-                        ] {
-                            state
-                                .metrics
-                                .queue_depth
-                                .with_label_values(&[label])
-                                .set(v as i64);
-                        }
+                        state.metrics.observe_queue(&d);
                     }
                     Err(e) => tracing::debug!(error = %e, "queue depth unavailable"),
                 }
@@ -137,6 +160,8 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let request_id = axum::http::HeaderName::from_static("x-request-id");
     routes::router()
+        .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(
@@ -171,10 +196,33 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
     res
 }
 
+/// Bounds every request's time (`REQUEST_TIMEOUT_SECS`); long-polls get their wait on top.
+async fn time_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let long_poll = req.method() == axum::http::Method::GET
+        && req.uri().path().starts_with("/v1/booking-requests/");
+    let limit = if long_poll {
+        state.config.request_timeout + state.config.max_poll_wait
+    } else {
+        state.config.request_timeout
+    };
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => {
+            tracing::warn!(limit_ms = limit.as_millis() as u64, "request timed out");
+            axum::response::IntoResponse::into_response(error::ApiError::Unavailable {
+                detail: "the request took too long; retry shortly".into(),
+                retry_after: 1,
+            })
+        }
+    }
+}
+
 /// A running ingress (tests start it in-process).
 pub struct Running {
     /// The bound address.
     pub addr: SocketAddr,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`), kept off the public one.
+    pub admin_addr: SocketAddr,
     /// The shared state.
     pub state: AppState,
     /// Resolves when the server has stopped.
@@ -184,6 +232,18 @@ pub struct Running {
 /// Binds `listener` and serves until `shutdown` fires; in-flight requests finish first.
 pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
+    let admin = slotq_common::admin::AdminState {
+        metrics: state.metrics.clone(),
+        pool: state.pool.clone(),
+        redis: state.redis.clone(),
+    };
+    let admin_addr = slotq_common::admin::serve(
+        state.config.admin_addr,
+        admin,
+        state.shutdown.clone().wait(),
+    )
+    .await
+    .context("binding ADMIN_ADDR")?;
     let app = app(state.clone());
     let shutdown = state.shutdown.clone();
     let metrics = state.metrics.clone();
@@ -201,6 +261,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Run
     });
     Ok(Running {
         addr,
+        admin_addr,
         state,
         handle,
     })

@@ -1,4 +1,4 @@
-//! `slotq-ingress [serve|migrate]`.
+//! `slotq-ingress [serve|migrate|token --role <role> --sub <sub> [--patient-id ID] [--clinic-id ID] [--ttl-secs N]]`.
 
 use slotq_common::config::{Config, EXIT_CONFIG, Role};
 
@@ -16,8 +16,15 @@ async fn main() {
     let result = match command.as_str() {
         "serve" => run(config).await,
         "migrate" => migrate(&config).await,
+        "token" => {
+            if let Err(e) = token(&config, std::env::args().skip(2).collect()) {
+                eprintln!("slotq-ingress token: {e}");
+                std::process::exit(EXIT_CONFIG);
+            }
+            return;
+        }
         other => {
-            eprintln!("slotq-ingress: unknown command {other:?}; expected serve or migrate");
+            eprintln!("slotq-ingress: unknown command {other:?}; expected serve, migrate or token");
             std::process::exit(EXIT_CONFIG);
         }
     };
@@ -27,9 +34,60 @@ async fn main() {
     }
 }
 
+/// Prints an HS256 token signed with `JWT_HS256_SECRET` (development, tests, scripts).
+fn token(config: &Config, args: Vec<String>) -> anyhow::Result<()> {
+    use slotq_common::auth::{Role as R, claims, mint_hs256};
+    let usage = "usage: slotq-ingress token --role patient|clinic_admin|ops|service --sub <sub> \
+                 [--patient-id <uuid>] [--clinic-id <uuid>] [--ttl-secs <n>]";
+    let mut it = args.into_iter();
+    let (mut role, mut sub, mut patient, mut clinic, mut ttl) = (None, None, None, None, 3600u64);
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value\n{usage}"))?;
+        match flag.as_str() {
+            "--role" => {
+                role = Some(match value.as_str() {
+                    "patient" => R::Patient,
+                    "clinic_admin" => R::ClinicAdmin,
+                    "ops" => R::Ops,
+                    "service" => R::Service,
+                    other => anyhow::bail!("unknown role {other:?}\n{usage}"),
+                })
+            }
+            "--sub" => sub = Some(value),
+            "--patient-id" => patient = Some(value.parse()?),
+            "--clinic-id" => clinic = Some(value.parse()?),
+            "--ttl-secs" => ttl = value.parse()?,
+            other => anyhow::bail!("unknown flag {other:?}\n{usage}"),
+        }
+    }
+    let (Some(role), Some(sub)) = (role, sub) else {
+        anyhow::bail!("{usage}")
+    };
+    let secret = config
+        .auth
+        .hs256_secret
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("JWT_HS256_SECRET is not set"))?;
+    let c = claims(
+        &config.auth,
+        role,
+        &sub,
+        clinic,
+        patient,
+        std::time::Duration::from_secs(ttl),
+    );
+    println!("{}", mint_hs256(secret, &c)?);
+    Ok(())
+}
+
 async fn migrate(config: &Config) -> anyhow::Result<()> {
     let pool = slotq_common::db::connect(&config.database_url, 2).await?;
     slotq_common::db::migrate(&pool).await?;
+    if let Some(keys) = &config.pii {
+        slotq_common::db::directory::encrypt_patients_at_rest(&pool, keys).await?;
+    }
     tracing::info!("migrations applied");
     Ok(())
 }
@@ -41,6 +99,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let running = slotq_ingress::serve(listener, state).await?;
     tracing::info!(addr = %running.addr, "slotq-ingress listening");
     slotq_common::shutdown::signal().await;
+    // Not ready first, still serving: load balancers take the pod out of rotation during the
+    // delay, then the listener closes and in-flight requests finish.
+    running.state.metrics.shutting_down.set(1);
+    let delay = running.state.config.shutdown_delay;
+    tracing::info!(
+        delay_ms = delay.as_millis() as u64,
+        "shutting down: not ready; closing the listener after the delay"
+    );
+    tokio::time::sleep(delay).await;
     tracing::info!("shutting down: finishing in-flight requests");
     trigger.fire();
     running.handle.await??;

@@ -384,7 +384,7 @@ async fn ops_endpoints_answer() {
         .await;
     let text = app
         .http
-        .get(format!("{}/metrics", app.base))
+        .get(format!("{}/metrics", app.admin))
         .send()
         .await
         .unwrap()

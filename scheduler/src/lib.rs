@@ -2,6 +2,8 @@
 //! finished jobs. Safe to run with several replicas: expiry claims rows with
 //! `FOR UPDATE SKIP LOCKED`, and the cleanup pops members atomically.
 
+pub mod outbox_retention;
+
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
@@ -109,6 +111,7 @@ pub async fn run(
     on_admin(addr);
     let fast = FastPath::new(redis.clone(), &config.redis_namespace);
     let mut conn = redis;
+    let mut retention = outbox_retention::Schedule::new(&config);
     let mut tick = tokio::time::interval(config.expiry_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(
@@ -128,6 +131,7 @@ pub async fn run(
         if let Err(e) = cleanup_done_jobs(&mut conn, &config, 5_000).await {
             tracing::warn!(error = %e, "finished-job cleanup failed");
         }
+        retention.tick(&pool, &metrics).await;
     }
     metrics.shutting_down.set(1);
     tracing::info!("slotq-scheduler stopped");

@@ -10,7 +10,8 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
 use serde_json::{Value, json};
 use slotq_common::{
-    config::{Config, Role},
+    auth::Role,
+    config::{Config, Role as ConfigRole},
     shutdown::{self, Trigger},
 };
 use sqlx::{Connection, PgConnection, PgPool};
@@ -41,7 +42,9 @@ impl Default for Options {
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`.
     pub base: String,
-    /// HTTP client.
+    /// The ingress admin listener (`/metrics`).
+    pub admin: String,
+    /// HTTP client, authenticated as a trusted `service` back end.
     pub http: reqwest::Client,
     /// The test's database.
     pub pool: PgPool,
@@ -99,11 +102,16 @@ pub async fn spawn(options: Options) -> TestApp {
         ("BATCH_MAX".into(), "64".into()),
         ("WORKER_HEARTBEAT_MS".into(), "500".into()),
         ("EXPIRY_INTERVAL_MS".into(), "200".into()),
+        ("JWT_HS256_SECRET".into(), format!("jwt-{id}")),
+        // Tests hammer one IP; the rate-limit test turns limits back on.
+        ("RATE_LIMIT_ENABLED".into(), "0".into()),
+        ("PII_KEYS".into(), format!("t1:{}", b64(&[7u8; 32]))),
+        ("PII_INDEX_KEY".into(), b64(&[8u8; 32])),
     ]);
     for (k, v) in &options.env {
         env.insert((*k).to_owned(), v.clone());
     }
-    let config = Config::from_vars(Role::Ingress, &env).expect("test configuration");
+    let config = Config::from_vars(ConfigRole::Ingress, &env).expect("test configuration");
     let pool = slotq_common::db::connect(&config.database_url, 4)
         .await
         .expect("connect test database");
@@ -124,12 +132,13 @@ pub async fn spawn(options: Options) -> TestApp {
         .expect("start ingress");
     let running = slotq_ingress::serve(listener, state).await.expect("serve");
     let addr: SocketAddr = running.addr;
+    let admin_addr: SocketAddr = running.admin_addr;
     tasks.push(tokio::spawn(async move {
         let _ = running.handle.await;
     }));
     if options.workers {
         let (c, s) = (
-            Config::from_vars(Role::Workers, &env).expect("config"),
+            Config::from_vars(ConfigRole::Workers, &env).expect("config"),
             stop.clone(),
         );
         tasks.push(tokio::spawn(async move {
@@ -140,7 +149,7 @@ pub async fn spawn(options: Options) -> TestApp {
     }
     if options.scheduler {
         let (c, s) = (
-            Config::from_vars(Role::Scheduler, &env).expect("config"),
+            Config::from_vars(ConfigRole::Scheduler, &env).expect("config"),
             stop.clone(),
         );
         tasks.push(tokio::spawn(async move {
@@ -149,12 +158,11 @@ pub async fn spawn(options: Options) -> TestApp {
             }
         }));
     }
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .build()
-        .expect("http client");
+    let service = mint(&config, Role::Service, "test-service", None, None);
+    let http = client(&service);
     TestApp {
         base: format!("http://{addr}"),
+        admin: format!("http://{admin_addr}"),
         http,
         pool,
         redis,
@@ -367,6 +375,100 @@ impl TestApp {
             .execute(&mut conn)
             .await;
         }
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    // Standard base64 without pulling a crate into the harness.
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                let _ = out.write_char(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A token signed with the test stack's secret.
+pub fn mint(
+    config: &Config,
+    role: Role,
+    sub: &str,
+    clinic: Option<Uuid>,
+    patient: Option<Uuid>,
+) -> String {
+    let secret = config.auth.hs256_secret.as_deref().expect("test secret");
+    let claims = slotq_common::auth::claims(
+        &config.auth,
+        role,
+        sub,
+        clinic,
+        patient,
+        Duration::from_secs(3600),
+    );
+    slotq_common::auth::mint_hs256(secret, &claims).expect("sign token")
+}
+
+/// An HTTP client sending `token` with every request.
+pub fn client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .pool_max_idle_per_host(1024)
+        .build()
+        .expect("http client")
+}
+
+impl TestApp {
+    /// A token for this stack.
+    pub fn token(
+        &self,
+        role: Role,
+        sub: &str,
+        clinic: Option<Uuid>,
+        patient: Option<Uuid>,
+    ) -> String {
+        mint(&self.config, role, sub, clinic, patient)
+    }
+
+    /// Sends a request with `token` (or none) and returns status and JSON body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let plain = reqwest::Client::new();
+        let mut req = plain.request(
+            method.parse().expect("method"),
+            format!("{}{path}", self.base),
+        );
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
     }
 }
 

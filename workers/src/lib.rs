@@ -5,7 +5,11 @@
 //! so a killed process's in-flight jobs are recognisable as orphans: once its heartbeat is
 //! `WORKER_HEARTBEAT_MS × WORKER_MISSED_HEARTBEATS` old, a live worker re-enqueues them.
 
+pub mod cloudevent;
 pub mod hold_batcher;
+pub mod outbound;
+pub mod outbox_relay;
+pub mod webhook_dispatcher;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -28,11 +32,44 @@ async fn handle(job: HoldJob, batcher: Data<Batcher>) -> Result<(), BoxDynError>
     use tracing::Instrument;
     // The ingress request id travels in the job, so worker logs join the ingress logs.
     let span = tracing::info_span!("hold", request = %job.request_id, request_id = job.trace_id.as_deref().unwrap_or("-"));
-    batcher
-        .decide(job)
-        .instrument(span)
-        .await
-        .map_err(Into::into)
+    async move {
+        match batcher.decide(job).await {
+            Ok(()) => {
+                tracing::debug!("hold decided");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "hold not decided; apalis will retry it");
+                Err(e.into())
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Exports the hold queue's depth from the workers too (every second), so alerts and
+/// autoscalers reading `/metrics` still see the queue when ingress is down or scaled to zero.
+fn spawn_depth_refresher(
+    mut redis: redis::aio::ConnectionManager,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.clone().wait() => return,
+            }
+            match slotq_common::queue::depth(&mut redis, &config).await {
+                Ok(d) => metrics.observe_queue(&d),
+                Err(e) => tracing::debug!(error = %e, "queue depth unavailable"),
+            }
+        }
+    });
 }
 
 /// A unique worker name: host, pid and a random suffix.
@@ -81,6 +118,12 @@ pub async fn run(
     .await
     .context("binding ADMIN_ADDR")?;
     on_admin(admin_addr);
+    spawn_depth_refresher(
+        redis.clone(),
+        config.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
 
     let (batcher, committers) = hold_batcher::start(Committer {
         pool,
@@ -90,6 +133,9 @@ pub async fn run(
     });
     let storage = slotq_common::queue::hold_storage(redis, &config);
     let name = worker_name();
+    let outbound = outbound::start(&config, metrics.clone(), shutdown.clone(), &name)
+        .await
+        .context("starting the outbox relay and the webhook dispatcher")?;
     tracing::info!(worker = %name, concurrency = config.worker_concurrency, batch_max = config.batch_max, "slotq-workers started");
     let worker = WorkerBuilder::new(name)
         .backend(storage.poll_with_interval(Duration::from_millis(5)))
@@ -108,6 +154,9 @@ pub async fn run(
     // The worker (and with it every Batcher clone) is gone: committers drain and stop.
     for c in committers {
         let _ = c.await;
+    }
+    for t in outbound {
+        let _ = t.await;
     }
     tracing::info!("slotq-workers stopped");
     Ok(())

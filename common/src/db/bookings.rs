@@ -79,8 +79,10 @@ pub enum TransitionError {
 /// Who causes a change, for the audit log.
 #[derive(Clone, Debug)]
 pub struct Actor {
-    /// `api`, `scheduler`, `payment-provider`, …
+    /// The token's subject, or `scheduler`, `payment-provider`, …
     pub name: String,
+    /// The token's role, or `system`.
+    pub role: String,
     /// The HTTP request id (or similar) that caused it.
     pub request_id: Option<String>,
 }
@@ -152,6 +154,7 @@ pub(crate) async fn transition(
         &[AuditEntry {
             booking_id: booking.id,
             actor: actor.name.clone(),
+            actor_role: actor.role.clone(),
             action,
             from: Some(booking.status),
             to,
@@ -329,6 +332,7 @@ pub async fn expire_due(pool: &PgPool, limit: i64) -> Result<Vec<ExpiredHold>, s
         .map(|e| AuditEntry {
             booking_id: e.id,
             actor: "scheduler".into(),
+            actor_role: "system".into(),
             action: "expire",
             from: Some(BookingStatus::Held),
             to: BookingStatus::Expired,

@@ -7,7 +7,10 @@ use serde::Serialize;
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
-use crate::domain::slot::{Schedule, ScheduleException, WeeklyHours};
+use crate::{
+    domain::slot::{Schedule, ScheduleException, WeeklyHours},
+    pii::PiiKeys,
+};
 
 /// A clinic as stored and returned by the API.
 #[derive(Clone, Debug, Serialize, FromRow)]
@@ -62,8 +65,8 @@ pub struct Practitioner {
     pub created_at: DateTime<Utc>,
 }
 
-/// A patient as stored and returned by the API.
-#[derive(Clone, Debug, Serialize, FromRow)]
+/// A patient as returned by the API (decrypted; stored encrypted, see [`crate::pii`]).
+#[derive(Clone, Debug, Serialize)]
 pub struct Patient {
     /// Id.
     pub id: Uuid,
@@ -79,11 +82,41 @@ pub struct Patient {
     pub created_at: DateTime<Utc>,
 }
 
+#[derive(FromRow)]
+struct PatientRow {
+    id: Uuid,
+    country_code: String,
+    name_enc: Option<Vec<u8>>,
+    email_enc: Option<Vec<u8>>,
+    phone_enc: Option<Vec<u8>>,
+    created_at: DateTime<Utc>,
+}
+
+impl PatientRow {
+    fn decrypt(self, keys: &PiiKeys) -> Result<Patient, sqlx::Error> {
+        let open = |v: Option<Vec<u8>>| -> Result<Option<String>, sqlx::Error> {
+            v.map(|v| keys.decrypt(&v))
+                .transpose()
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+        };
+        Ok(Patient {
+            id: self.id,
+            country_code: self.country_code,
+            name: open(self.name_enc)?.unwrap_or_default(),
+            email: open(self.email_enc)?.unwrap_or_default(),
+            phone: open(self.phone_enc)?,
+            created_at: self.created_at,
+        })
+    }
+}
+
 /// A practitioner's schedule with what routes their bookings.
 #[derive(Clone, Debug)]
 pub struct PractitionerSchedule {
     /// Country (bookings partition).
     pub country_code: String,
+    /// The clinic (for authorization).
+    pub clinic_id: Uuid,
     /// Hours, exceptions, slot length and time zone.
     pub schedule: Schedule,
 }
@@ -231,15 +264,15 @@ pub async fn load_schedules(
     pool: &PgPool,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, PractitionerSchedule>, sqlx::Error> {
-    let rows: Vec<(Uuid, String, i32, String)> = sqlx::query_as(
-        "SELECT p.id, p.country_code, p.slot_minutes, c.timezone
+    let rows: Vec<(Uuid, String, i32, String, Uuid)> = sqlx::query_as(
+        "SELECT p.id, p.country_code, p.slot_minutes, c.timezone, p.clinic_id
          FROM practitioners p JOIN clinics c ON c.id = p.clinic_id WHERE p.id = ANY($1)",
     )
     .bind(ids)
     .fetch_all(pool)
     .await?;
     let mut out = HashMap::with_capacity(rows.len());
-    for (id, country_code, slot_minutes, tz) in rows {
+    for (id, country_code, slot_minutes, tz, clinic_id) in rows {
         // The API validated the zone on the way in; a zone unknown to this build falls back
         // to UTC rather than making the practitioner unbookable.
         let tz = tz.parse().unwrap_or(chrono_tz::UTC);
@@ -253,6 +286,7 @@ pub async fn load_schedules(
             id,
             PractitionerSchedule {
                 country_code,
+                clinic_id,
                 schedule,
             },
         );
@@ -295,38 +329,116 @@ pub async fn load_schedules(
     Ok(out)
 }
 
-/// Inserts a patient; `None` when the e-mail address is already registered.
+/// Inserts a patient (personal fields encrypted); `None` when the e-mail address is already
+/// registered.
 pub async fn insert_patient(
     pool: &PgPool,
+    keys: &PiiKeys,
     country_code: &str,
     name: &str,
     email: &str,
     phone: Option<&str>,
 ) -> Result<Option<Patient>, sqlx::Error> {
-    let res = sqlx::query_as(
-        "INSERT INTO patients (id, country_code, name, email, phone) VALUES ($1, $2, $3, $4, $5)
-         RETURNING *",
+    let res = sqlx::query_as::<_, PatientRow>(
+        "INSERT INTO patients (id, country_code, name_enc, email_enc, phone_enc, email_bidx)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, country_code, name_enc, email_enc, phone_enc, created_at",
     )
     .bind(Uuid::now_v7())
     .bind(country_code)
-    .bind(name)
-    .bind(email)
-    .bind(phone)
+    .bind(keys.encrypt(name))
+    .bind(keys.encrypt(email))
+    .bind(phone.map(|p| keys.encrypt(p)))
+    .bind(keys.email_index(email))
     .fetch_one(pool)
     .await;
     match res {
-        Ok(p) => Ok(Some(p)),
+        Ok(row) => Ok(Some(row.decrypt(keys)?)),
         Err(e) if super::is_unique_violation(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }
 
 /// Reads a patient.
-pub async fn get_patient(pool: &PgPool, id: Uuid) -> Result<Option<Patient>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM patients WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+pub async fn get_patient(
+    pool: &PgPool,
+    keys: &PiiKeys,
+    id: Uuid,
+) -> Result<Option<Patient>, sqlx::Error> {
+    let row: Option<PatientRow> =
+        sqlx::query_as("SELECT id, country_code, name_enc, email_enc, phone_enc, created_at FROM patients WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    row.map(|r| r.decrypt(keys)).transpose()
+}
+
+/// Whether a patient exists (no decryption).
+pub async fn patient_exists(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    Ok(existing_patients(pool, &[id]).await?.contains_key(&id))
+}
+
+/// Encrypts rows written before personal data was encrypted, and rows sealed with an old key,
+/// then clears their plaintext. Safe to run concurrently and repeatedly. Returns rows changed.
+pub async fn encrypt_patients_at_rest(pool: &PgPool, keys: &PiiKeys) -> Result<u64, sqlx::Error> {
+    let mut changed = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        type Row = (
+            Uuid,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, name, email, phone, name_enc, email_enc, phone_enc FROM patients
+                 WHERE name IS NOT NULL OR email IS NOT NULL OR name_enc IS NULL
+                    OR substring(name_enc from 2 for $1) <> $2
+                 LIMIT 500 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(keys.current_id().len() as i32)
+        .bind(keys.current_id().as_bytes())
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(changed);
+        }
+        for (id, name, email, phone, name_enc, email_enc, phone_enc) in rows {
+            let plain =
+                |p: Option<String>, enc: Option<Vec<u8>>| -> Result<Option<String>, sqlx::Error> {
+                    match (p, enc) {
+                        (Some(p), _) => Ok(Some(p)),
+                        (None, Some(e)) => keys
+                            .decrypt(&e)
+                            .map(Some)
+                            .map_err(|e| sqlx::Error::Decode(Box::new(e))),
+                        (None, None) => Ok(None),
+                    }
+                };
+            let (name, email, phone) = (
+                plain(name, name_enc)?,
+                plain(email, email_enc)?,
+                plain(phone, phone_enc)?,
+            );
+            sqlx::query(
+                "UPDATE patients SET name_enc = $2, email_enc = $3, phone_enc = $4, email_bidx = $5,
+                        name = NULL, email = NULL, phone = NULL WHERE id = $1",
+            )
+            .bind(id)
+            .bind(keys.encrypt(name.as_deref().unwrap_or_default()))
+            .bind(keys.encrypt(email.as_deref().unwrap_or_default()))
+            .bind(phone.as_deref().map(|p| keys.encrypt(p)))
+            .bind(keys.email_index(email.as_deref().unwrap_or_default()))
+            .execute(&mut *tx)
+            .await?;
+            changed += 1;
+        }
+        tx.commit().await?;
+    }
 }
 
 /// Which of these patients exist (id → country code).

@@ -104,8 +104,10 @@ pub async fn insert_events(
 pub struct AuditEntry {
     /// The booking.
     pub booking_id: Uuid,
-    /// Who did it (`worker`, `scheduler`, `payment-provider`, `api`).
+    /// Who did it: the token's subject, or `worker`, `scheduler`, `payment-provider`.
     pub actor: String,
+    /// The caller's role (`patient`, `clinic_admin`, `ops`, `service`), or `system`.
+    pub actor_role: String,
     /// What was done (`hold`, `confirm`, `expire`, `cancel`, …).
     pub action: &'static str,
     /// Status before, `None` at creation.
@@ -126,6 +128,7 @@ pub async fn insert_audit(
     }
     let bookings: Vec<Uuid> = entries.iter().map(|e| e.booking_id).collect();
     let actors: Vec<&str> = entries.iter().map(|e| e.actor.as_str()).collect();
+    let roles: Vec<&str> = entries.iter().map(|e| e.actor_role.as_str()).collect();
     let actions: Vec<&str> = entries.iter().map(|e| e.action).collect();
     let froms: Vec<Option<&str>> = entries
         .iter()
@@ -134,8 +137,8 @@ pub async fn insert_audit(
     let tos: Vec<&str> = entries.iter().map(|e| e.to.as_str()).collect();
     let requests: Vec<Option<&str>> = entries.iter().map(|e| e.request_id.as_deref()).collect();
     sqlx::query(
-        "INSERT INTO audit_log (booking_id, actor, action, from_status, to_status, request_id)
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])",
+        "INSERT INTO audit_log (booking_id, actor, action, from_status, to_status, request_id, actor_role)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])",
     )
     .bind(&bookings)
     .bind(&actors)
@@ -143,7 +146,41 @@ pub async fn insert_audit(
     .bind(&froms)
     .bind(&tos)
     .bind(&requests)
+    .bind(&roles)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// One audit row as listed by `GET /v1/bookings/{id}/audit`.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct AuditRow {
+    /// Who.
+    pub actor: String,
+    /// Their role.
+    pub actor_role: Option<String>,
+    /// What.
+    pub action: String,
+    /// Status before.
+    pub from_status: Option<String>,
+    /// Status after.
+    pub to_status: String,
+    /// The request that caused it.
+    pub request_id: Option<String>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// The audit trail of a booking, oldest first.
+pub async fn audit_trail(
+    pool: &sqlx::PgPool,
+    booking_id: Uuid,
+) -> Result<Vec<AuditRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT actor, actor_role, action, from_status, to_status, request_id, at
+         FROM audit_log WHERE booking_id = $1 ORDER BY at, id",
+    )
+    .bind(booking_id)
+    .fetch_all(pool)
+    .await
 }

@@ -237,6 +237,7 @@ pub async fn commit_batch(
             audit.push(AuditEntry {
                 booking_id: b.id,
                 actor: "worker".into(),
+                actor_role: "system".into(),
                 action: "reschedule",
                 from: Some(b.status),
                 to: b.status,
@@ -263,6 +264,7 @@ pub async fn commit_batch(
             audit.push(AuditEntry {
                 booking_id,
                 actor: "worker".into(),
+                actor_role: "system".into(),
                 action: "hold",
                 from: None,
                 to: BookingStatus::Held,

@@ -10,8 +10,10 @@ pub mod conflicts;
 pub mod directory;
 pub mod events;
 pub mod holds;
+pub mod outbox;
 pub mod payments;
 pub mod requests;
+pub mod webhooks;
 
 use std::time::Duration;
 

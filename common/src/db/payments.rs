@@ -125,6 +125,7 @@ pub async fn apply_payment(
             // Due but not yet swept: expire it now, so the answer and the state agree.
             let expirer = Actor {
                 name: "payment-provider".into(),
+                role: "system".into(),
                 request_id: actor.request_id.clone(),
             };
             let b = transition(

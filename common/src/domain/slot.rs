@@ -151,10 +151,11 @@ impl Schedule {
                 while m + len <= b && m <= hi {
                     let at = NaiveTime::from_hms_opt(m / 60, m % 60, 0)
                         .and_then(|t| self.tz.from_local_datetime(&date.and_time(t)).earliest());
-                    if let Some(at) = at.map(|t| t.with_timezone(&Utc)) {
-                        if at >= from && at < to {
-                            out.push(at);
-                        }
+                    if let Some(at) = at.map(|t| t.with_timezone(&Utc))
+                        && at >= from
+                        && at < to
+                    {
+                        out.push(at);
                     }
                     m += len;
                 }
@@ -177,10 +178,10 @@ impl Schedule {
             let (from, to) = (minutes(from), minutes(to));
             let mut m = from;
             while m + len <= to {
-                if let Some(t) = NaiveTime::from_hms_opt(m / 60, m % 60, 0) {
-                    if let Some(at) = self.tz.from_local_datetime(&date.and_time(t)).earliest() {
-                        out.push(at.with_timezone(&Utc));
-                    }
+                if let Some(t) = NaiveTime::from_hms_opt(m / 60, m % 60, 0)
+                    && let Some(at) = self.tz.from_local_datetime(&date.and_time(t)).earliest()
+                {
+                    out.push(at.with_timezone(&Utc));
                 }
                 m += len;
             }

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::bookings::parse_instant;
 use crate::{
     AppState,
+    auth::{Action, Caller, authorize, clinic_of},
     error::{ApiError, FieldError},
     extract::{AppQuery, IdPath},
 };
@@ -40,9 +41,11 @@ struct Day {
 /// (the clinic's time zone), `days` ≤ 31 (default 7), `from` defaults to today.
 pub async fn availability(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
     AppQuery(q): AppQuery<AvailabilityQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::ReadDirectory)?;
     let p = s
         .lookup
         .schedule(id)
@@ -123,8 +126,10 @@ pub async fn availability(
 /// horizon from PostgreSQL (ops; normally a miss rebuilds on its own).
 pub async fn rebuild(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::ReadClinic(clinic_of(&s, id).await?))?;
     if s.lookup.schedule(id).await?.is_none() {
         return Err(ApiError::not_found("practitioner", id));
     }
@@ -167,8 +172,10 @@ const MAX_PRACTITIONERS: i64 = 5_000;
 /// to now, `to` to `from` + 7 days (at most 31 days), `limit` to 20 (at most 100).
 pub async fn search(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     AppQuery(q): AppQuery<SearchQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::ReadDirectory)?;
     let now = Utc::now();
     let mut errors = Vec::new();
     let mut instant =
@@ -322,8 +329,10 @@ pub struct PractitionerQuery {
 /// `GET /v1/practitioners?specialty=&clinic_id=&country=&limit=`.
 pub async fn practitioners(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     AppQuery(q): AppQuery<PractitionerQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::ReadDirectory)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid_field(

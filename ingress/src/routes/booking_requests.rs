@@ -12,12 +12,14 @@ use axum::{
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use slotq_common::auth::{Principal, Role};
 use slotq_common::{db::requests::RequestView, fast_path::Admission, queue::HoldJob};
 use tower_http::request_id::RequestId;
 use uuid::Uuid;
 
 use crate::{
     AppState,
+    auth::{Action, Caller, authorize, clinic_of},
     error::{ApiError, FieldError},
     extract::{AppJson, AppQuery, IdPath},
 };
@@ -66,11 +68,12 @@ pub(crate) fn body_hash(
 /// `POST /v1/booking-requests` → 202 `{id, status: "queued"}` + `Location`.
 pub async fn submit(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     request_id: Option<axum::Extension<RequestId>>,
     headers: HeaderMap,
     AppJson(body): AppJson<SubmitBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let result = submit_inner(&s, request_id, &headers, body).await;
+    let result = submit_inner(&s, &caller, request_id, &headers, body).await;
     let label = match &result {
         Ok((_, replay)) if *replay => "replayed",
         Ok(_) => "accepted",
@@ -90,13 +93,29 @@ pub async fn submit(
 
 async fn submit_inner(
     s: &AppState,
+    caller: &Principal,
     trace: Option<axum::Extension<RequestId>>,
     headers: &HeaderMap,
     body: SubmitBody,
 ) -> Result<(RequestView, bool), ApiError> {
     let key = idempotency_key(headers)?;
     let now = Utc::now();
+    if caller.role == Role::Patient && caller.patient_id != Some(body.patient_id) {
+        // Another patient's id is answered like an unknown one: ids cannot be probed.
+        return Err(ApiError::invalid_field(
+            "patient_id",
+            "unknown_patient",
+            "no patient with this id",
+        ));
+    }
     validate(s, &body, now).await?;
+    authorize(
+        caller,
+        Action::Submit {
+            patient: body.patient_id,
+            clinic: clinic_of(s, body.practitioner_id).await?,
+        },
+    )?;
     let hash = body_hash(body.patient_id, body.practitioner_id, body.slot_start, None);
     let request = NewRequest {
         patient_id: body.patient_id,
@@ -252,6 +271,7 @@ pub struct PollQuery {
 /// `GET /v1/booking-requests/{id}[?wait=S]`.
 pub async fn poll(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
     AppQuery(q): AppQuery<PollQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -271,6 +291,15 @@ pub async fn poll(
     let mut view = current_view(&s, id)
         .await?
         .ok_or_else(|| ApiError::not_found("booking request", id))?;
+    let clinic = clinic_of(&s, view.practitioner_id).await?;
+    authorize(
+        &caller,
+        Action::ReadBooking {
+            patient: view.patient_id,
+            clinic,
+        },
+    )
+    .map_err(|_| ApiError::not_found("booking request", id))?;
     let deadline = tokio::time::Instant::now() + wait;
     while view.is_queued() && tokio::time::Instant::now() < deadline && !s.shutdown.is_stopping() {
         let recheck = tokio::time::sleep(Duration::from_millis(500));

@@ -9,8 +9,9 @@ use axum::{
 };
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
+use slotq_common::auth::Principal;
 use slotq_common::{
-    db::bookings::{self, Actor, Booking, ListFilter, ListOwner},
+    db::bookings::{self, Booking, ListFilter, ListOwner},
     domain::status::{BookingEvent, BookingStatus},
 };
 use tower_http::request_id::RequestId;
@@ -19,6 +20,7 @@ use uuid::Uuid;
 use super::booking_requests::{NewRequest, body_hash, enqueue, idempotency_key};
 use crate::{
     AppState,
+    auth::{Action, Caller, actor, authorize, clinic_of},
     error::{ApiError, FieldError},
     extract::{AppJson, AppQuery, IdPath, RawBody},
 };
@@ -26,21 +28,63 @@ use crate::{
 /// `GET /v1/bookings/{id}`.
 pub async fn get(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(load(&s, &caller, id, Access::Read).await?))
+}
+
+/// What the caller wants to do with a booking.
+#[derive(Clone, Copy)]
+enum Access {
+    Read,
+    Change,
+    Outcome,
+    Audit,
+}
+
+/// Loads a booking the caller may act on (404 for unknown and for hidden ones alike).
+async fn load(
+    s: &AppState,
+    caller: &Principal,
+    id: Uuid,
+    access: Access,
+) -> Result<Booking, ApiError> {
     let b = bookings::get_booking(&s.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found("booking", id))?;
-    Ok(Json(b))
+    let (patient, clinic) = (b.patient_id, clinic_of(s, b.practitioner_id).await?);
+    let action = match access {
+        Access::Read => Action::ReadBooking { patient, clinic },
+        Access::Change => Action::ChangeBooking { patient, clinic },
+        Access::Outcome => Action::VisitOutcome { patient, clinic },
+        Access::Audit => Action::ReadAudit { patient, clinic },
+    };
+    authorize(caller, action).map_err(|e| match e {
+        ApiError::NotFound(_) => ApiError::not_found("booking", id),
+        other => other,
+    })?;
+    Ok(b)
 }
 
-/// Optional body of cancel / complete / no-show.
+/// `GET /v1/bookings/{id}/audit`: the booking's status history (ops, its clinic, service).
+pub async fn audit(
+    State(s): State<AppState>,
+    Caller(caller): Caller,
+    IdPath(id): IdPath,
+) -> Result<impl IntoResponse, ApiError> {
+    load(&s, &caller, id, Access::Audit).await?;
+    let items = slotq_common::db::events::audit_trail(&s.pool, id).await?;
+    Ok(Json(
+        serde_json::json!({ "booking_id": id, "items": items }),
+    ))
+}
+
+/// Optional body of cancel / complete / no-show. Who did it is the caller (audit log).
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeBody {
     reason: Option<String>,
-    /// Who cancels: `patient` or `clinic` (recorded in the audit log).
-    by: Option<String>,
 }
 
 fn parse_optional_body(body: &[u8]) -> Result<ChangeBody, ApiError> {
@@ -73,11 +117,18 @@ pub(crate) async fn after_change(s: &AppState, b: &Booking) {
 
 async fn change(
     s: &AppState,
+    caller: &Principal,
     id: Uuid,
     event: BookingEvent,
     trace: Option<axum::Extension<RequestId>>,
     body: &[u8],
 ) -> Result<Json<Booking>, ApiError> {
+    let access = if event == BookingEvent::Cancel {
+        Access::Change
+    } else {
+        Access::Outcome
+    };
+    load(s, caller, id, access).await?;
     let body = parse_optional_body(body)?;
     let reason = match body
         .reason
@@ -88,55 +139,43 @@ async fn change(
         Some(Ok(r)) => Some(r),
         None => None,
     };
-    let by = match body.by.as_deref() {
-        None => "api",
-        Some("patient") => "patient",
-        Some("clinic") => "clinic",
-        Some(_) => {
-            return Err(ApiError::invalid_field(
-                "by",
-                "invalid",
-                "must be patient or clinic",
-            ));
-        }
-    };
-    let actor = Actor {
-        name: by.into(),
-        request_id: request_id(trace),
-    };
+    let actor = actor(caller, request_id(trace));
     let booking = bookings::change_status(&s.pool, id, event, reason.as_deref(), &actor).await?;
     after_change(s, &booking).await;
     Ok(Json(booking))
 }
 
-/// `POST /v1/bookings/{id}/cancel` (optional `{reason, by}`): frees the slot at once.
+/// `POST /v1/bookings/{id}/cancel` (optional `{reason}`): frees the slot at once.
 pub async fn cancel(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
     trace: Option<axum::Extension<RequestId>>,
     RawBody(body): RawBody,
 ) -> Result<impl IntoResponse, ApiError> {
-    change(&s, id, BookingEvent::Cancel, trace, &body).await
+    change(&s, &caller, id, BookingEvent::Cancel, trace, &body).await
 }
 
 /// `POST /v1/bookings/{id}/complete`: the visit took place (confirmed, after its start).
 pub async fn complete(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
     trace: Option<axum::Extension<RequestId>>,
     RawBody(body): RawBody,
 ) -> Result<impl IntoResponse, ApiError> {
-    change(&s, id, BookingEvent::Complete, trace, &body).await
+    change(&s, &caller, id, BookingEvent::Complete, trace, &body).await
 }
 
 /// `POST /v1/bookings/{id}/no-show`: the patient did not come (confirmed, after its start).
 pub async fn no_show(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
     trace: Option<axum::Extension<RequestId>>,
     RawBody(body): RawBody,
 ) -> Result<impl IntoResponse, ApiError> {
-    change(&s, id, BookingEvent::NoShow, trace, &body).await
+    change(&s, &caller, id, BookingEvent::NoShow, trace, &body).await
 }
 
 /// `POST /v1/bookings/{id}/reschedule` body.
@@ -150,15 +189,14 @@ pub struct RescheduleBody {
 /// the worker moves the booking in one transaction, or changes nothing.
 pub async fn reschedule(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
     trace: Option<axum::Extension<RequestId>>,
     headers: HeaderMap,
     AppJson(body): AppJson<RescheduleBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let key = idempotency_key(&headers)?;
-    let booking = bookings::get_booking(&s.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("booking", id))?;
+    let booking = load(&s, &caller, id, Access::Change).await?;
     let now = Utc::now();
     booking
         .status
@@ -326,13 +364,12 @@ async fn list(
 /// `GET /v1/patients/{id}/bookings?status=&from=&to=&limit=&cursor=`.
 pub async fn by_patient(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
     AppQuery(q): AppQuery<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    if slotq_common::db::directory::get_patient(&s.pool, id)
-        .await?
-        .is_none()
-    {
+    authorize(&caller, Action::ReadPatient(id))?;
+    if !slotq_common::db::directory::patient_exists(&s.pool, id).await? {
         return Err(ApiError::not_found("patient", id));
     }
     list(&s, ListOwner::Patient(id), &q).await
@@ -341,14 +378,10 @@ pub async fn by_patient(
 /// `GET /v1/practitioners/{id}/bookings?status=&from=&to=&limit=&cursor=` (the day sheet).
 pub async fn by_practitioner(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
     AppQuery(q): AppQuery<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    if slotq_common::db::directory::get_practitioner(&s.pool, id)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::not_found("practitioner", id));
-    }
+    authorize(&caller, Action::ReadClinic(clinic_of(&s, id).await?))?;
     list(&s, ListOwner::Practitioner(id), &q).await
 }

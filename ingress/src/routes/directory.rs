@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::{
     AppState,
+    auth::{Action, Caller, authorize, clinic_of},
     error::{ApiError, FieldError},
     extract::{AppJson, IdPath},
 };
@@ -58,8 +59,10 @@ pub struct ClinicBody {
 /// `POST /v1/clinics` → 201.
 pub async fn create_clinic(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     AppJson(b): AppJson<ClinicBody>,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::CreateClinic)?;
     let mut f = Fields::default();
     let name = f.check("name", fields::name(&b.name, 200));
     let country_code = f.check("country_code", fields::country_code(&b.country_code));
@@ -93,8 +96,10 @@ pub async fn create_clinic(
 /// `GET /v1/clinics/{id}`.
 pub async fn get_clinic(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::ReadDirectory)?;
     let clinic = directory::get_clinic(&s.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found("clinic", id))?;
@@ -113,9 +118,11 @@ pub struct PractitionerBody {
 /// `POST /v1/clinics/{id}/practitioners` → 201.
 pub async fn create_practitioner(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(clinic_id): IdPath,
     AppJson(b): AppJson<PractitionerBody>,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::ManageClinic(clinic_id))?;
     let mut f = Fields::default();
     let name = f.check("name", fields::name(&b.name, 200));
     let specialty = f.check("specialty", fields::name(&b.specialty, 100));
@@ -137,8 +144,10 @@ pub async fn create_practitioner(
 /// `GET /v1/practitioners/{id}`.
 pub async fn get_practitioner(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::ReadDirectory)?;
     let p = directory::get_practitioner(&s.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found("practitioner", id))?;
@@ -319,9 +328,11 @@ pub struct PutHoursResponse {
 /// `PUT /v1/practitioners/{id}/hours`: replaces weekly hours and exceptions.
 pub async fn put_hours(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
     AppJson(b): AppJson<HoursBody>,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::ManageClinic(clinic_of(&s, id).await?))?;
     let mut current = directory::load_schedules(&s.pool, &[id]).await?;
     let mut schedule = current
         .remove(&id)
@@ -341,8 +352,10 @@ pub async fn put_hours(
 /// `GET /v1/practitioners/{id}/conflicts`: active bookings outside the current hours, open.
 pub async fn conflicts(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::ReadClinic(clinic_of(&s, id).await?))?;
     if directory::get_practitioner(&s.pool, id).await?.is_none() {
         return Err(ApiError::not_found("practitioner", id));
     }
@@ -362,12 +375,14 @@ pub struct ResolveBody {
 /// through `POST /v1/bookings/{id}/reschedule` and closes the conflict when it succeeds.
 pub async fn resolve_conflict(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     axum::extract::Path((pid, bid)): axum::extract::Path<(String, String)>,
     AppJson(b): AppJson<ResolveBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (Ok(pid), Ok(bid)) = (pid.parse::<Uuid>(), bid.parse::<Uuid>()) else {
         return Err(ApiError::NotFound("no such conflict".into()));
     };
+    authorize(&caller, Action::ManageClinic(clinic_of(&s, pid).await?))?;
     let open = slotq_common::db::conflicts::open(&s.pool, pid).await?;
     if !open.iter().any(|c| c.booking_id == bid) {
         return Err(ApiError::NotFound(
@@ -383,10 +398,7 @@ pub async fn resolve_conflict(
         }
         "cancel" => {
             let reason = b.reason.as_deref().unwrap_or("schedule_changed");
-            let actor = slotq_common::db::bookings::Actor {
-                name: "clinic".into(),
-                request_id: None,
-            };
+            let actor = crate::auth::actor(&caller, None);
             let booking =
                 slotq_common::db::bookings::cancel(&s.pool, bid, Some(reason), &actor).await?;
             crate::routes::bookings::after_change(&s, &booking).await;
@@ -405,8 +417,10 @@ pub async fn resolve_conflict(
 /// `GET /v1/practitioners/{id}/hours`.
 pub async fn get_hours(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::ReadDirectory)?;
     let mut all = directory::load_schedules(&s.pool, &[id]).await?;
     let p = all
         .remove(&id)
@@ -427,8 +441,10 @@ pub struct PatientBody {
 /// `POST /v1/patients` → 201; a registered e-mail → 409.
 pub async fn create_patient(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     AppJson(b): AppJson<PatientBody>,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::CreatePatient)?;
     let mut f = Fields::default();
     let name = f.check("name", fields::name(&b.name, 200));
     let email = f.check("email", fields::email(&b.email));
@@ -441,7 +457,7 @@ pub async fn create_patient(
     let (Some(name), Some(email), Some(country)) = (name, email, country) else {
         return Err(anyhow::anyhow!("a parsed field had no value").into());
     };
-    let p = directory::insert_patient(&s.pool, &country, &name, &email, phone.as_deref())
+    let p = directory::insert_patient(&s.pool, &s.pii, &country, &name, &email, phone.as_deref())
         .await?
         .ok_or(ApiError::Conflict {
             code: "email_taken",
@@ -453,9 +469,11 @@ pub async fn create_patient(
 /// `GET /v1/patients/{id}`.
 pub async fn get_patient(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let p = directory::get_patient(&s.pool, id)
+    authorize(&caller, Action::ReadPatient(id))?;
+    let p = directory::get_patient(&s.pool, &s.pii, id)
         .await?
         .ok_or_else(|| ApiError::not_found("patient", id))?;
     Ok(Json(p))

@@ -6,6 +6,7 @@ pub mod bookings;
 pub mod directory;
 pub mod ops;
 pub mod payments;
+pub mod webhook_subscriptions;
 
 use axum::{
     Router,
@@ -19,7 +20,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
         .route("/v1/clinics", post(directory::create_clinic))
         .route("/v1/clinics/{id}", get(directory::get_clinic))
         .route(
@@ -59,11 +59,32 @@ pub fn router() -> Router<AppState> {
         .route("/v1/booking-requests", post(booking_requests::submit))
         .route("/v1/booking-requests/{id}", get(booking_requests::poll))
         .route("/v1/bookings/{id}", get(bookings::get))
+        .route("/v1/bookings/{id}/audit", get(bookings::audit))
         .route("/v1/bookings/{id}/cancel", post(bookings::cancel))
         .route("/v1/bookings/{id}/reschedule", post(bookings::reschedule))
         .route("/v1/bookings/{id}/complete", post(bookings::complete))
         .route("/v1/bookings/{id}/no-show", post(bookings::no_show))
         .route("/v1/payments/webhook", post(payments::webhook))
+        .route(
+            "/v1/webhook-subscriptions",
+            get(webhook_subscriptions::list).post(webhook_subscriptions::create),
+        )
+        .route(
+            "/v1/webhook-subscriptions/{id}",
+            get(webhook_subscriptions::get).delete(webhook_subscriptions::delete),
+        )
+        .route(
+            "/v1/webhook-subscriptions/{id}/deliveries",
+            get(webhook_subscriptions::deliveries),
+        )
+        .route(
+            "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}",
+            get(webhook_subscriptions::delivery),
+        )
+        .route(
+            "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}/redeliver",
+            post(webhook_subscriptions::redeliver),
+        )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
 }

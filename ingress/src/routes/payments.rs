@@ -109,6 +109,7 @@ async fn handle(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<&'stat
     };
     let actor = Actor {
         name: "payment-provider".into(),
+        role: "system".into(),
         request_id: Some(notice.event_id.clone()),
     };
     let result = apply_payment(&s.pool, &notice, &actor)

@@ -1,0 +1,391 @@
+//! Authentication: Bearer JWTs.
+//!
+//! Production verifies RS256/ES256 tokens against a JWKS (a file or an URL, cached, re-read
+//! when a token names an unknown `kid`, at most every 30 s); local runs verify HS256 tokens
+//! with `JWT_HS256_SECRET`. `iss`, `aud`, `exp` and `nbf` are always checked, with a small
+//! leeway. `alg: none` and algorithm confusion are impossible: the accepted algorithm is
+//! fixed by the key, never taken from the token.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
+    jwk::JwkSet,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Who is calling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A patient: their own requests, bookings and record.
+    Patient,
+    /// A clinic administrator: their clinic's practitioners, hours, day sheets, outcomes.
+    ClinicAdmin,
+    /// Operations: read everything, manage webhook subscriptions.
+    Ops,
+    /// A trusted back end acting for any patient and clinic.
+    Service,
+}
+
+impl Role {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Patient => "patient",
+            Role::ClinicAdmin => "clinic_admin",
+            Role::Ops => "ops",
+            Role::Service => "service",
+        }
+    }
+}
+
+/// The token's claims.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// Subject.
+    pub sub: String,
+    /// Role.
+    pub role: Role,
+    /// For clinic admins: their clinic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clinic_id: Option<Uuid>,
+    /// For patients: their patient record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient_id: Option<Uuid>,
+    /// Issuer.
+    pub iss: String,
+    /// Audience.
+    pub aud: String,
+    /// Expiry (unix seconds).
+    pub exp: i64,
+    /// Not before (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// Issued at (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// Subject.
+    pub sub: String,
+    /// Role.
+    pub role: Role,
+    /// Clinic of a clinic admin.
+    pub clinic_id: Option<Uuid>,
+    /// Patient record of a patient.
+    pub patient_id: Option<Uuid>,
+}
+
+/// Why a token was refused (the message is safe to show).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No or malformed `Authorization` header.
+    #[error("missing bearer token")]
+    Missing,
+    /// Signature, claims or key problem.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// Neither a JWKS nor an HS256 secret is configured.
+    #[error("authentication is not configured")]
+    NotConfigured,
+}
+
+/// Where verification keys come from.
+#[derive(Clone, Debug, Default)]
+pub struct AuthConfig {
+    /// HS256 secret for local runs.
+    pub hs256_secret: Option<String>,
+    /// JWKS location: a file path or an `http(s)://` URL.
+    pub jwks: Option<String>,
+    /// Required `iss`.
+    pub issuer: String,
+    /// Required `aud`.
+    pub audience: String,
+    /// Clock leeway for `exp` / `nbf`.
+    pub leeway: Duration,
+}
+
+struct Jwks {
+    keys: HashMap<String, (DecodingKey, Algorithm)>,
+    loaded: Option<Instant>,
+}
+
+/// Verifies tokens.
+pub struct Verifier {
+    config: AuthConfig,
+    hs256: Option<DecodingKey>,
+    jwks: Mutex<Jwks>,
+    http: reqwest::Client,
+}
+
+const JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
+
+impl Verifier {
+    /// A verifier for `config`.
+    pub fn new(config: AuthConfig) -> Self {
+        let hs256 = config
+            .hs256_secret
+            .as_ref()
+            .map(|s| DecodingKey::from_secret(s.as_bytes()));
+        Self {
+            config,
+            hs256,
+            jwks: Mutex::new(Jwks {
+                keys: HashMap::new(),
+                loaded: None,
+            }),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.set_issuer(&[&self.config.issuer]);
+        v.set_audience(&[&self.config.audience]);
+        v.leeway = self.config.leeway.as_secs();
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v
+    }
+
+    /// Verifies the value of an `Authorization` header.
+    pub async fn verify_header(&self, header: Option<&str>) -> Result<Principal, AuthError> {
+        let token = header
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::Missing)?;
+        self.verify(token).await
+    }
+
+    /// Verifies a token.
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let (key, alg) = match header.alg {
+            Algorithm::HS256 => match &self.hs256 {
+                Some(k) => (k.clone(), Algorithm::HS256),
+                None if self.config.jwks.is_some() => {
+                    return Err(AuthError::Invalid("HS256 is not accepted".into()));
+                }
+                None => return Err(AuthError::NotConfigured),
+            },
+            Algorithm::RS256 | Algorithm::ES256 => {
+                let kid = header
+                    .kid
+                    .clone()
+                    .ok_or_else(|| AuthError::Invalid("token has no kid".into()))?;
+                let (key, alg) = self.jwks_key(&kid).await?;
+                if alg != header.alg {
+                    return Err(AuthError::Invalid(
+                        "algorithm does not match the key".into(),
+                    ));
+                }
+                (key, alg)
+            }
+            other => {
+                return Err(AuthError::Invalid(format!(
+                    "algorithm {other:?} is not accepted"
+                )));
+            }
+        };
+        let data = decode::<Claims>(token, &key, &self.validation(alg))
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let c = data.claims;
+        match (c.role, c.clinic_id, c.patient_id) {
+            (Role::ClinicAdmin, None, _) => {
+                return Err(AuthError::Invalid(
+                    "clinic_admin token without clinic_id".into(),
+                ));
+            }
+            (Role::Patient, _, None) => {
+                return Err(AuthError::Invalid(
+                    "patient token without patient_id".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(Principal {
+            sub: c.sub,
+            role: c.role,
+            clinic_id: c.clinic_id,
+            patient_id: c.patient_id,
+        })
+    }
+
+    async fn jwks_key(&self, kid: &str) -> Result<(DecodingKey, Algorithm), AuthError> {
+        let source = self
+            .config
+            .jwks
+            .clone()
+            .ok_or(AuthError::Invalid("no JWKS configured".into()))?;
+        {
+            let jwks = self.jwks.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(k) = jwks.keys.get(kid) {
+                return Ok(k.clone());
+            }
+            if jwks
+                .loaded
+                .is_some_and(|at| at.elapsed() < JWKS_MIN_REFRESH)
+            {
+                return Err(AuthError::Invalid("unknown key id".into()));
+            }
+        }
+        let text = if source.starts_with("http://") || source.starts_with("https://") {
+            let res = self
+                .http
+                .get(&source)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            match res {
+                Ok(r) => r
+                    .text()
+                    .await
+                    .map_err(|e| AuthError::Invalid(format!("JWKS unavailable: {e}")))?,
+                Err(e) => return Err(AuthError::Invalid(format!("JWKS unavailable: {e}"))),
+            }
+        } else {
+            tokio::fs::read_to_string(&source)
+                .await
+                .map_err(|e| AuthError::Invalid(format!("JWKS unavailable: {e}")))?
+        };
+        let set: JwkSet = serde_json::from_str(&text)
+            .map_err(|e| AuthError::Invalid(format!("JWKS unreadable: {e}")))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let Some(id) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            let alg = match &jwk.algorithm {
+                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                _ => continue,
+            };
+            if let Ok(key) = DecodingKey::from_jwk(jwk) {
+                keys.insert(id, (key, alg));
+            }
+        }
+        let mut jwks = self.jwks.lock().unwrap_or_else(|p| p.into_inner());
+        jwks.keys = keys;
+        jwks.loaded = Some(Instant::now());
+        jwks.keys
+            .get(kid)
+            .cloned()
+            .ok_or_else(|| AuthError::Invalid("unknown key id".into()))
+    }
+}
+
+/// Signs an HS256 token (local runs, tests, scripts).
+pub fn mint_hs256(secret: &str, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+/// Claims for `role`/`sub` valid for `ttl` from now.
+pub fn claims(
+    config: &AuthConfig,
+    role: Role,
+    sub: &str,
+    clinic_id: Option<Uuid>,
+    patient_id: Option<Uuid>,
+    ttl: Duration,
+) -> Claims {
+    let now = chrono::Utc::now().timestamp();
+    Claims {
+        sub: sub.to_owned(),
+        role,
+        clinic_id,
+        patient_id,
+        iss: config.issuer.clone(),
+        aud: config.audience.clone(),
+        exp: now + ttl.as_secs() as i64,
+        nbf: Some(now),
+        iat: Some(now),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> AuthConfig {
+        AuthConfig {
+            hs256_secret: Some("s3cret".into()),
+            jwks: None,
+            issuer: "slotq".into(),
+            audience: "slotq-api".into(),
+            leeway: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn good_tokens_pass_and_bad_ones_are_refused() {
+        let c = config();
+        let v = Verifier::new(c.clone());
+        let ok = mint_hs256(
+            "s3cret",
+            &claims(&c, Role::Ops, "ann", None, None, Duration::from_secs(60)),
+        )
+        .unwrap();
+        let p = v
+            .verify_header(Some(&format!("Bearer {ok}")))
+            .await
+            .unwrap();
+        assert_eq!((p.role, p.sub.as_str()), (Role::Ops, "ann"));
+
+        let mut expired = claims(&c, Role::Ops, "ann", None, None, Duration::from_secs(60));
+        expired.exp = chrono::Utc::now().timestamp() - 60;
+        let mut wrong_aud = claims(&c, Role::Ops, "ann", None, None, Duration::from_secs(60));
+        wrong_aud.aud = "other".into();
+        let mut wrong_iss = claims(&c, Role::Ops, "ann", None, None, Duration::from_secs(60));
+        wrong_iss.iss = "evil".into();
+        let mut not_yet = claims(&c, Role::Ops, "ann", None, None, Duration::from_secs(600));
+        not_yet.nbf = Some(chrono::Utc::now().timestamp() + 300);
+        for bad in [expired, wrong_aud, wrong_iss, not_yet] {
+            let t = mint_hs256("s3cret", &bad).unwrap();
+            assert!(v.verify(&t).await.is_err(), "{bad:?}");
+        }
+        let wrong_key = mint_hs256(
+            "other",
+            &claims(&c, Role::Ops, "ann", None, None, Duration::from_secs(60)),
+        )
+        .unwrap();
+        assert!(v.verify(&wrong_key).await.is_err());
+        // alg: none, and a patient token without patient_id.
+        let payload = ok.split('.').nth(1).unwrap();
+        assert!(
+            v.verify(&format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}."))
+                .await
+                .is_err()
+        );
+        let no_patient = mint_hs256(
+            "s3cret",
+            &claims(&c, Role::Patient, "p", None, None, Duration::from_secs(60)),
+        )
+        .unwrap();
+        assert!(v.verify(&no_patient).await.is_err());
+        assert!(matches!(
+            v.verify_header(None).await,
+            Err(AuthError::Missing)
+        ));
+        assert!(matches!(
+            v.verify_header(Some("Basic abc")).await,
+            Err(AuthError::Missing)
+        ));
+    }
+}

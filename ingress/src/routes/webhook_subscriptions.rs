@@ -1,0 +1,258 @@
+//! Client webhook subscriptions and their deliveries.
+//!
+//! `POST` answers the signing secret once (`whsec_…`); it is never shown again. The URL must be
+//! http(s) and, unless `WEBHOOK_ALLOW_PRIVATE=1`, neither be nor resolve to a private or
+//! loopback address (the dispatcher checks again at every connection). Deliveries are made by
+//! `slotq-workers` (`webhook_dispatcher.rs`); a dead-lettered one is sent again with one call.
+
+use axum::{
+    Json,
+    extract::{FromRequestParts, State},
+    http::{StatusCode, header, request::Parts},
+    response::IntoResponse,
+};
+use serde::Deserialize;
+use serde_json::json;
+use slotq_common::{
+    db::webhooks::{self, RedeliverError},
+    webhooks::{EVENT_TYPES, is_event_type, signature::Secret, target},
+};
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    error::{ApiError, FieldError},
+    extract::{AppJson, AppQuery, IdPath},
+};
+
+/// `POST /v1/webhook-subscriptions` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    url: String,
+    events: Vec<String>,
+}
+
+/// `POST /v1/webhook-subscriptions` → 201 with the secret (shown once).
+pub async fn create(
+    State(s): State<AppState>,
+    AppJson(b): AppJson<CreateBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let allow_private = s.config.webhooks.allow_private;
+    let mut errors = Vec::new();
+    let url = match target::parse(&b.url, allow_private) {
+        Ok(url) => match target::check_resolved(&url, allow_private).await {
+            Ok(()) => Some(url),
+            Err(e) => {
+                errors.push(FieldError::new("url", e.code(), e.to_string()));
+                None
+            }
+        },
+        Err(e) => {
+            errors.push(FieldError::new("url", e.code(), e.to_string()));
+            None
+        }
+    };
+    let mut events: Vec<String> = Vec::new();
+    if b.events.is_empty() {
+        errors.push(FieldError::new(
+            "events",
+            "invalid",
+            "name at least one event type",
+        ));
+    }
+    for (i, e) in b.events.iter().enumerate() {
+        if !is_event_type(e) {
+            errors.push(FieldError::new(
+                format!("events[{i}]"),
+                "unknown_event_type",
+                format!("{e:?} is not one of {}", EVENT_TYPES.join(", ")),
+            ));
+        } else if !events.contains(e) {
+            events.push(e.clone());
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let Some(url) = url else {
+        return Err(anyhow::anyhow!("a parsed URL had no value").into());
+    };
+    let secret = Secret::generate().map_err(anyhow::Error::from)?.encoded();
+    let sub =
+        webhooks::insert_subscription(&s.pool, Uuid::now_v7(), url.as_str(), &events, &secret)
+            .await?;
+    let mut body = serde_json::to_value(&sub).map_err(anyhow::Error::from)?;
+    body["secret"] = json!(secret);
+    Ok((
+        StatusCode::CREATED,
+        [(
+            header::LOCATION,
+            format!("/v1/webhook-subscriptions/{}", sub.id),
+        )],
+        Json(body),
+    ))
+}
+
+/// `?limit=&cursor=` of listings; `status=` for deliveries.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+    status: Option<String>,
+}
+
+fn limit_and_cursor(q: &ListQuery) -> Result<(i64, Option<Uuid>), ApiError> {
+    let mut errors = Vec::new();
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        errors.push(FieldError::new(
+            "limit",
+            "invalid",
+            "must be between 1 and 200",
+        ));
+    }
+    let cursor = match q.cursor.as_deref().map(str::parse::<Uuid>) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(_)) => {
+            errors.push(FieldError::new(
+                "cursor",
+                "invalid",
+                "not a cursor returned by this endpoint",
+            ));
+            None
+        }
+    };
+    if errors.is_empty() {
+        Ok((limit, cursor))
+    } else {
+        Err(ApiError::invalid(errors))
+    }
+}
+
+/// `GET /v1/webhook-subscriptions?limit=&cursor=` (oldest first).
+pub async fn list(
+    State(s): State<AppState>,
+    AppQuery(q): AppQuery<ListQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    if q.status.is_some() {
+        return Err(ApiError::invalid_field(
+            "status",
+            "invalid",
+            "subscriptions are not filtered by status",
+        ));
+    }
+    let (limit, after) = limit_and_cursor(&q)?;
+    let items = webhooks::list_subscriptions(&s.pool, after, limit).await?;
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(|i| i.id))
+        .flatten();
+    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+}
+
+/// `GET /v1/webhook-subscriptions/{id}` (without the secret).
+pub async fn get(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+) -> Result<impl IntoResponse, ApiError> {
+    let sub = webhooks::get_subscription(&s.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("webhook subscription", id))?;
+    Ok(Json(sub))
+}
+
+/// `DELETE /v1/webhook-subscriptions/{id}` → 204; its deliveries go with it.
+pub async fn delete(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+) -> Result<impl IntoResponse, ApiError> {
+    if webhooks::delete_subscription(&s.pool, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("webhook subscription", id))
+    }
+}
+
+/// `GET /v1/webhook-subscriptions/{id}/deliveries?status=&limit=&cursor=` (newest first).
+pub async fn deliveries(
+    State(s): State<AppState>,
+    IdPath(id): IdPath,
+    AppQuery(q): AppQuery<ListQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(st @ ("pending" | "delivered" | "dead")) => Some(st),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "status",
+                "invalid",
+                "must be pending, delivered or dead",
+            ));
+        }
+    };
+    let (limit, before) = limit_and_cursor(&q)?;
+    if webhooks::get_subscription(&s.pool, id).await?.is_none() {
+        return Err(ApiError::not_found("webhook subscription", id));
+    }
+    let items = webhooks::list_deliveries(&s.pool, id, status, before, limit).await?;
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(|i| i.id))
+        .flatten();
+    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+}
+
+/// `GET /v1/webhook-subscriptions/{id}/deliveries/{delivery_id}`: the delivery and every
+/// attempt (`history`).
+pub async fn delivery(
+    State(s): State<AppState>,
+    IdPair(sub, id): IdPair,
+) -> Result<impl IntoResponse, ApiError> {
+    let d = webhooks::get_delivery(&s.pool, sub, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("delivery", id))?;
+    let history = webhooks::attempts(&s.pool, id).await?;
+    let mut body = serde_json::to_value(&d).map_err(anyhow::Error::from)?;
+    body["history"] = serde_json::to_value(history).map_err(anyhow::Error::from)?;
+    Ok(Json(body))
+}
+
+/// `POST /v1/webhook-subscriptions/{id}/deliveries/{delivery_id}/redeliver` → 202: a
+/// dead-lettered delivery is due again at once, with a fresh retry window.
+pub async fn redeliver(
+    State(s): State<AppState>,
+    IdPair(sub, id): IdPair,
+) -> Result<impl IntoResponse, ApiError> {
+    match webhooks::redeliver(&s.pool, sub, id).await {
+        Ok(d) => Ok((StatusCode::ACCEPTED, Json(d))),
+        Err(RedeliverError::NotFound) => Err(ApiError::not_found("delivery", id)),
+        Err(e @ RedeliverError::NotDead(_)) => Err(ApiError::Conflict {
+            code: "not_dead_lettered",
+            detail: e.to_string(),
+        }),
+        Err(e @ RedeliverError::SubscriptionDisabled) => Err(ApiError::Conflict {
+            code: "subscription_disabled",
+            detail: e.to_string(),
+        }),
+        Err(RedeliverError::Db(e)) => Err(e.into()),
+    }
+}
+
+/// `{id}/…/{delivery_id}` path parameters; anything that is not a UUID names nothing → 404.
+pub struct IdPair(pub Uuid, pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPair {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path((a, b)) =
+            axum::extract::Path::<(String, String)>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        match (a.parse(), b.parse()) {
+            (Ok(a), Ok(b)) => Ok(IdPair(a, b)),
+            _ => Err(ApiError::NotFound("not a valid id (expected UUIDs)".into())),
+        }
+    }
+}
