@@ -35,9 +35,7 @@ use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer},
 };
-use slotq_common::{
-    config::KafkaConfig, db::outbox, metrics::Metrics, shutdown::Shutdown,
-};
+use slotq_common::{config::KafkaConfig, db::outbox, metrics::Metrics, shutdown::Shutdown};
 use sqlx::PgPool;
 
 use crate::cloudevent;
@@ -53,7 +51,10 @@ pub fn producer(k: &KafkaConfig, client_id: &str) -> KafkaResult<FutureProducer>
         .set("client.id", client_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("message.timeout.ms", k.message_timeout.as_millis().to_string())
+        .set(
+            "message.timeout.ms",
+            k.message_timeout.as_millis().to_string(),
+        )
         .create()
 }
 

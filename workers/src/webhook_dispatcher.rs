@@ -115,11 +115,7 @@ impl Dispatcher {
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     tracing::warn!(error = ?e, "webhook fan-out failed; retrying");
-                    pause(
-                        self.outbox.poll_interval * failures.min(50),
-                        &shutdown,
-                    )
-                    .await;
+                    pause(self.outbox.poll_interval * failures.min(50), &shutdown).await;
                 }
             }
         }
@@ -227,8 +223,8 @@ impl Dispatcher {
                         self.config.retry_max,
                         jitter(),
                     );
-                    let next = now
-                        + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                    let next =
+                        now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
                     let outcome = if sent.class == Class::Blocked {
                         "blocked"
                     } else {
@@ -389,7 +385,9 @@ fn find_source<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Op
 /// The delay after failed attempt number `attempt` (1-based): `base × 2^(attempt−1)` capped at
 /// `max`, with equal jitter: half of it fixed, half scaled by `jitter` ∈ [0, 1).
 pub fn retry_delay(attempt: i32, base: Duration, max: Duration, jitter: f64) -> Duration {
-    let exp = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(30);
+    let exp = u32::try_from(attempt.saturating_sub(1))
+        .unwrap_or(0)
+        .min(30);
     let capped = base.saturating_mul(1u32 << exp).min(max);
     capped / 2 + capped.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
 }
@@ -419,9 +417,7 @@ impl Resolve for GuardedResolver {
         let allow_private = self.allow_private;
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = all
                 .iter()
                 .copied()

@@ -39,7 +39,7 @@ pub async fn claim_unpublished(
     sqlx::query_as(
         "SELECT id, event_id, type, aggregate_id, key, payload, created_at
          FROM outbox WHERE published_at IS NULL
-         ORDER BY created_at DESC, id DESC LIMIT $1 FOR UPDATE SKIP LOCKED",
+         ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
     .fetch_all(conn)
