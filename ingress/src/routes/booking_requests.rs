@@ -108,14 +108,11 @@ async fn submit_inner(
             "no patient with this id",
         ));
     }
+    // Who may submit comes before what is wrong with the request.
+    if let Some(p) = s.lookup.schedule(body.practitioner_id).await? {
+        authorize(caller, Action::Submit { patient: body.patient_id, clinic: p.clinic_id })?;
+    }
     validate(s, &body, now).await?;
-    authorize(
-        caller,
-        Action::Submit {
-            patient: body.patient_id,
-            clinic: clinic_of(s, body.practitioner_id).await?,
-        },
-    )?;
     let hash = body_hash(body.patient_id, body.practitioner_id, body.slot_start, None);
     let request = NewRequest {
         patient_id: body.patient_id,

@@ -20,6 +20,7 @@ use slotq_common::{
 use uuid::Uuid;
 
 use crate::{
+    auth::{Action, Caller, authorize},
     AppState,
     error::{ApiError, FieldError},
     extract::{AppJson, AppQuery, IdPath},
@@ -36,8 +37,10 @@ pub struct CreateBody {
 /// `POST /v1/webhook-subscriptions` → 201 with the secret (shown once).
 pub async fn create(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     AppJson(b): AppJson<CreateBody>,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::ManageWebhooks)?;
     let allow_private = s.config.webhooks.allow_private;
     let mut errors = Vec::new();
     let url = match target::parse(&b.url, allow_private) {
@@ -135,8 +138,10 @@ fn limit_and_cursor(q: &ListQuery) -> Result<(i64, Option<Uuid>), ApiError> {
 /// `GET /v1/webhook-subscriptions?limit=&cursor=` (oldest first).
 pub async fn list(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     AppQuery(q): AppQuery<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::ManageWebhooks)?;
     if q.status.is_some() {
         return Err(ApiError::invalid_field(
             "status",
@@ -155,8 +160,10 @@ pub async fn list(
 /// `GET /v1/webhook-subscriptions/{id}` (without the secret).
 pub async fn get(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::ManageWebhooks)?;
     let sub = webhooks::get_subscription(&s.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found("webhook subscription", id))?;
@@ -166,8 +173,10 @@ pub async fn get(
 /// `DELETE /v1/webhook-subscriptions/{id}` → 204; its deliveries go with it.
 pub async fn delete(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::ManageWebhooks)?;
     if webhooks::delete_subscription(&s.pool, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -178,9 +187,11 @@ pub async fn delete(
 /// `GET /v1/webhook-subscriptions/{id}/deliveries?status=&limit=&cursor=` (newest first).
 pub async fn deliveries(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPath(id): IdPath,
     AppQuery(q): AppQuery<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::ManageWebhooks)?;
     let status = match q.status.as_deref() {
         None => None,
         Some(st @ ("pending" | "delivered" | "dead")) => Some(st),
@@ -207,8 +218,10 @@ pub async fn deliveries(
 /// attempt (`history`).
 pub async fn delivery(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPair(sub, id): IdPair,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::ManageWebhooks)?;
     let d = webhooks::get_delivery(&s.pool, sub, id)
         .await?
         .ok_or_else(|| ApiError::not_found("delivery", id))?;
@@ -222,8 +235,10 @@ pub async fn delivery(
 /// dead-lettered delivery is due again at once, with a fresh retry window.
 pub async fn redeliver(
     State(s): State<AppState>,
+    Caller(caller): Caller,
     IdPair(sub, id): IdPair,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&caller, Action::ManageWebhooks)?;
     match webhooks::redeliver(&s.pool, sub, id).await {
         Ok(d) => Ok((StatusCode::ACCEPTED, Json(d))),
         Err(RedeliverError::NotFound) => Err(ApiError::not_found("delivery", id)),
