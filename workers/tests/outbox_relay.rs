@@ -200,11 +200,17 @@ async fn a_storms_events_arrive_exactly_once_in_commit_order_per_practitioner() 
     let bootstrap = cluster.bootstrap_servers();
     let topic = format!("booking-events-{}", Uuid::new_v4().simple());
     cluster.create_topic(&topic, 4, 1).unwrap();
+    let mut env = kafka_env(&bootstrap, &topic);
+    env.retain(|(k, _)| *k != "OUTBOX_BATCH");
+    env.push(("OUTBOX_BATCH", "8".into()));
     let app = spawn(Options {
-        env: kafka_env(&bootstrap, &topic),
+        env,
         ..Options::default()
     })
     .await;
+    // A second worker process, so two relays claim side by side (SKIP LOCKED) and order per
+    // practitioner must survive their interleaving.
+    let second = start_workers(&app).await;
     let mut practitioners = Vec::new();
     let mut patients = Vec::new();
     for _ in 0..3 {
@@ -258,6 +264,11 @@ async fn a_storms_events_arrive_exactly_once_in_commit_order_per_practitioner() 
     }
     assert_order_per_key(&rows, &consumed, false);
     assert_booking_histories(&rows);
+    assert!(
+        second.metric("slotq_events_published_total").await > 0.0,
+        "both relays took part"
+    );
+    second.stop().await;
     app.stop().await;
 }
 
