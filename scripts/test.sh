@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace against real PostgreSQL and Redis (started if needed).
+# Runs every test of the workspace against real PostgreSQL and Redis (started if needed), then
+# the operations tests (alert rules, Helm chart, container files: scripts/test-ops.sh).
+# Fails when either part fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-services.sh
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast
+  cargo nextest run --workspace --no-fail-fast || status=$?
 else
-  cargo test --workspace --no-fail-fast
+  cargo test --workspace --no-fail-fast || status=$?
 fi
+scripts/test-ops.sh || status=$?
+exit "$status"
