@@ -1,6 +1,7 @@
 //! slotq-scheduler: expires unpaid holds and frees their slots; cleans up apalis' record of
-//! finished jobs. Safe to run with several replicas: expiry claims rows with
-//! `FOR UPDATE SKIP LOCKED`, and the cleanup pops members atomically.
+//! finished jobs; deletes outbox events past their retention ([`outbox_retention`]). Safe to
+//! run with several replicas: expiry and retention claim rows with `FOR UPDATE SKIP LOCKED`,
+//! and the cleanup pops members atomically.
 
 pub mod outbox_retention;
 
