@@ -77,18 +77,23 @@ fn decided_in_logs(logs: &[String]) -> Vec<(Uuid, String)> {
         .collect()
 }
 
+/// slotq with ingress only: jobs wait in the queue until a test starts a worker.
+async fn queue_only() -> TestApp {
+    spawn(Options {
+        workers: false,
+        scheduler: false,
+        ..Options::default()
+    })
+    .await
+}
+
 async fn decided(app: &TestApp) -> usize {
     app.count("SELECT count(*) FROM booking_requests").await as usize
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_mid_batch_finishes_or_hands_back_every_claimed_job() {
-    let app = spawn(Options {
-        workers: false,
-        scheduler: false,
-        ..Options::default()
-    })
-    .await;
+    let app = queue_only().await;
     let fx = app.fixture().await;
     let mut patients = vec![fx.patient_id];
     for _ in 0..5 {
@@ -219,12 +224,7 @@ async fn sigterm_mid_batch_finishes_or_hands_back_every_claimed_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_export_queue_depth_on_their_admin_port() {
-    let app = spawn(Options {
-        workers: false,
-        scheduler: false,
-        ..Options::default()
-    })
-    .await;
+    let app = queue_only().await;
     let fx = app.fixture().await;
     for i in 0..3u32 {
         let (s, v) = app
