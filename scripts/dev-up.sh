@@ -48,7 +48,7 @@ PATIENT_TOKEN=$(target/debug/slotq-ingress token --role patient --sub demo-patie
 cat <<MSG
 slotq is running at $url  (logs: .run/*.log, stop: scripts/dev-down.sh)
 demo data: clinic=$clinic practitioner=$pract patient=$patient
-metrics: ingress http://127.0.0.1:9092/metrics, workers http://127.0.0.1:9090/metrics, scheduler http://127.0.0.1:9091/metrics
+metrics: ingress http://127.0.0.1:9099/metrics, workers http://127.0.0.1:9090/metrics, scheduler http://127.0.0.1:9091/metrics
 tokens (24 h; more with: JWT_HS256_SECRET=$JWT_HS256_SECRET target/debug/slotq-ingress token --role <role> --sub <sub>):
   export SERVICE_TOKEN=$SERVICE_TOKEN
   export PATIENT_TOKEN=$PATIENT_TOKEN

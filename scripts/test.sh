@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace against real PostgreSQL and Redis (started if needed), then
-# the operations tests (alert rules, Helm chart, container files: scripts/test-ops.sh).
+# the operations tests (alert rules, Helm chart, container files: scripts/test-ops.sh) and a
+# bounded schemathesis run against the OpenAPI document (scripts/schemathesis.sh).
 # Fails when either part fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,4 +13,5 @@ else
   cargo test --workspace --no-fail-fast || status=$?
 fi
 scripts/test-ops.sh || status=$?
+scripts/schemathesis.sh || status=$?
 exit "$status"

@@ -124,7 +124,7 @@ impl Config {
         let default_admin = match role {
             Role::Workers => "127.0.0.1:9090",
             Role::Scheduler => "127.0.0.1:9091",
-            Role::Ingress => "127.0.0.1:9092",
+            Role::Ingress => "127.0.0.1:9099",
         };
         let batch_max: usize = env.parse("BATCH_MAX", "128")?;
         let config = Config {

@@ -16,7 +16,7 @@ use axum::{
 use serde::Serialize;
 
 /// One problem with one input field.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// The field, as a dotted path (`weekly[2].start`).
     pub field: String,

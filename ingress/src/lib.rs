@@ -10,6 +10,7 @@ pub mod decisions;
 pub mod error;
 pub mod extract;
 pub mod lookup;
+pub mod openapi;
 pub mod routes;
 
 use std::{

@@ -12,7 +12,7 @@ use super::events::{AuditEntry, BookingEventData, NewEvent, insert_audit, insert
 use crate::domain::status::{BookingEvent, BookingStatus, IllegalTransition};
 
 /// A booking as stored and returned by `GET /v1/bookings/{id}`.
-#[derive(Clone, Debug, Serialize, FromRow)]
+#[derive(Clone, Debug, Serialize, FromRow, utoipa::ToSchema)]
 pub struct Booking {
     /// Id.
     pub id: Uuid,

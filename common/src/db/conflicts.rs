@@ -14,7 +14,7 @@ use super::{
 use crate::domain::{slot::Schedule, status::BookingStatus};
 
 /// An open conflict as listed by the API.
-#[derive(Clone, Debug, Serialize, FromRow)]
+#[derive(Clone, Debug, Serialize, FromRow, utoipa::ToSchema)]
 pub struct Conflict {
     /// The booking the hours no longer cover.
     pub booking_id: Uuid,

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// A clinic as stored and returned by the API.
-#[derive(Clone, Debug, Serialize, FromRow)]
+#[derive(Clone, Debug, Serialize, FromRow, utoipa::ToSchema)]
 pub struct Clinic {
     /// Id.
     pub id: Uuid,
@@ -47,7 +47,7 @@ pub struct NewClinic {
 }
 
 /// A practitioner as stored and returned by the API.
-#[derive(Clone, Debug, Serialize, FromRow)]
+#[derive(Clone, Debug, Serialize, FromRow, utoipa::ToSchema)]
 pub struct Practitioner {
     /// Id.
     pub id: Uuid,
@@ -66,7 +66,7 @@ pub struct Practitioner {
 }
 
 /// A patient as returned by the API (decrypted; stored encrypted, see [`crate::pii`]).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Patient {
     /// Id.
     pub id: Uuid,

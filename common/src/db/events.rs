@@ -153,7 +153,7 @@ pub async fn insert_audit(
 }
 
 /// One audit row as listed by `GET /v1/bookings/{id}/audit`.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AuditRow {
     /// Who.
     pub actor: String,

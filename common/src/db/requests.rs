@@ -9,7 +9,7 @@ use crate::domain::status::BookingStatus;
 
 /// `GET /v1/booking-requests/{id}`: the request, its decision and, once held, the booking's
 /// current status. Also what Redis caches for the fast path.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RequestView {
     /// Request id.
     pub id: Uuid,

@@ -19,7 +19,8 @@ use crate::{
 const MAX_DAYS: i64 = 31;
 
 /// `?from=YYYY-MM-DD&days=N`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AvailabilityQuery {
     from: Option<String>,
     days: Option<i64>,
@@ -39,6 +40,7 @@ struct Day {
 
 /// `GET /v1/practitioners/{id}/availability?from=&days=`: free slots grouped by local day
 /// (the clinic's time zone), `days` ≤ 31 (default 7), `from` defaults to today.
+#[utoipa::path(get, path = "/v1/practitioners/{id}/availability", params(("id" = String, Path, description = "id (a UUID)"), AvailabilityQuery), responses((status = 200, body = crate::openapi::Availability), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn availability(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -124,6 +126,7 @@ pub async fn availability(
 
 /// `POST /v1/practitioners/{id}/availability/rebuild`: rebuilds the bitmaps of the booking
 /// horizon from PostgreSQL (ops; normally a miss rebuilds on its own).
+#[utoipa::path(post, path = "/v1/practitioners/{id}/availability/rebuild", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = crate::openapi::RebuildResult), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn rebuild(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -145,7 +148,8 @@ pub async fn rebuild(
 }
 
 /// `GET /v1/slots` parameters.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     specialty: Option<String>,
     clinic_id: Option<Uuid>,
@@ -170,6 +174,7 @@ const MAX_PRACTITIONERS: i64 = 5_000;
 /// `GET /v1/slots?specialty=&clinic_id=&country=&from=&to=&limit=&cursor=`: free slots across
 /// practitioners, earliest first (ties by practitioner id), cursor-paginated. `from` defaults
 /// to now, `to` to `from` + 7 days (at most 31 days), `limit` to 20 (at most 100).
+#[utoipa::path(get, path = "/v1/slots", params(SearchQuery), responses((status = 200, body = crate::openapi::SlotPage), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn search(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -318,7 +323,8 @@ fn parse_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
 }
 
 /// `GET /v1/practitioners` parameters.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PractitionerQuery {
     specialty: Option<String>,
     clinic_id: Option<Uuid>,
@@ -327,6 +333,7 @@ pub struct PractitionerQuery {
 }
 
 /// `GET /v1/practitioners?specialty=&clinic_id=&country=&limit=`.
+#[utoipa::path(get, path = "/v1/practitioners", params(PractitionerQuery), responses((status = 200, body = crate::openapi::PractitionerList), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn practitioners(
     State(s): State<AppState>,
     Caller(caller): Caller,

@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// Submit body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBody {
     patient_id: Uuid,
@@ -66,6 +66,7 @@ pub(crate) fn body_hash(
 }
 
 /// `POST /v1/booking-requests` → 202 `{id, status: "queued"}` + `Location`.
+#[utoipa::path(post, path = "/v1/booking-requests", request_body = SubmitBody, params(("Idempotency-Key" = Option<String>, Header, description = "Stripe-style idempotency key")), responses((status = 202, body = slotq_common::db::requests::RequestView), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn submit(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -259,13 +260,15 @@ async fn validate(s: &AppState, b: &SubmitBody, now: DateTime<Utc>) -> Result<()
 }
 
 /// Poll parameters.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PollQuery {
     /// Seconds to wait for a decision while `queued` (0–30; larger values are capped).
     wait: Option<f64>,
 }
 
 /// `GET /v1/booking-requests/{id}[?wait=S]`.
+#[utoipa::path(get, path = "/v1/booking-requests/{id}", params(("id" = String, Path, description = "id (a UUID)"), PollQuery), responses((status = 200, body = slotq_common::db::requests::RequestView), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn poll(
     State(s): State<AppState>,
     Caller(caller): Caller,

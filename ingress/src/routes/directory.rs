@@ -46,7 +46,7 @@ impl Fields {
 }
 
 /// `POST /v1/clinics` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClinicBody {
     name: String,
@@ -57,6 +57,7 @@ pub struct ClinicBody {
 }
 
 /// `POST /v1/clinics` → 201.
+#[utoipa::path(post, path = "/v1/clinics", request_body = ClinicBody, responses((status = 201, body = slotq_common::db::directory::Clinic), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn create_clinic(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -94,6 +95,7 @@ pub async fn create_clinic(
 }
 
 /// `GET /v1/clinics/{id}`.
+#[utoipa::path(get, path = "/v1/clinics/{id}", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_common::db::directory::Clinic), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get_clinic(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -107,7 +109,7 @@ pub async fn get_clinic(
 }
 
 /// `POST /v1/clinics/{id}/practitioners` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PractitionerBody {
     name: String,
@@ -116,6 +118,7 @@ pub struct PractitionerBody {
 }
 
 /// `POST /v1/clinics/{id}/practitioners` → 201.
+#[utoipa::path(post, path = "/v1/clinics/{id}/practitioners", params(("id" = String, Path, description = "id (a UUID)")), request_body = PractitionerBody, responses((status = 201, body = slotq_common::db::directory::Practitioner), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn create_practitioner(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -142,6 +145,7 @@ pub async fn create_practitioner(
 }
 
 /// `GET /v1/practitioners/{id}`.
+#[utoipa::path(get, path = "/v1/practitioners/{id}", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_common::db::directory::Practitioner), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get_practitioner(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -155,7 +159,7 @@ pub async fn get_practitioner(
 }
 
 /// Weekly hours on the wire.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WeeklyBody {
     weekday: i64,
@@ -164,7 +168,7 @@ pub struct WeeklyBody {
 }
 
 /// A dated exception on the wire: `{date, closed: true}` or `{date, start, end}`.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExceptionBody {
     date: String,
@@ -177,7 +181,7 @@ pub struct ExceptionBody {
 }
 
 /// `PUT /v1/practitioners/{id}/hours` body and `GET` response.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HoursBody {
     weekly: Vec<WeeklyBody>,
@@ -318,7 +322,7 @@ fn hours_body(weekly: &[WeeklyHours], exceptions: &[ScheduleException]) -> Hours
 
 /// `PUT /v1/practitioners/{id}/hours` response: the stored hours and the bookings the new
 /// hours no longer cover (listed by `GET /v1/practitioners/{id}/conflicts`).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct PutHoursResponse {
     #[serde(flatten)]
     hours: HoursBody,
@@ -326,6 +330,7 @@ pub struct PutHoursResponse {
 }
 
 /// `PUT /v1/practitioners/{id}/hours`: replaces weekly hours and exceptions.
+#[utoipa::path(put, path = "/v1/practitioners/{id}/hours", params(("id" = String, Path, description = "id (a UUID)")), request_body = HoursBody, responses((status = 200, body = PutHoursResponse), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn put_hours(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -350,6 +355,7 @@ pub async fn put_hours(
 }
 
 /// `GET /v1/practitioners/{id}/conflicts`: active bookings outside the current hours, open.
+#[utoipa::path(get, path = "/v1/practitioners/{id}/conflicts", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = crate::openapi::ConflictList), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn conflicts(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -364,7 +370,7 @@ pub async fn conflicts(
 }
 
 /// `POST /v1/practitioners/{id}/conflicts/{booking_id}/resolve` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResolveBody {
     action: String,
@@ -373,6 +379,7 @@ pub struct ResolveBody {
 
 /// Resolves a conflict: `keep` the booking, or `cancel` it (with a reason). Rescheduling goes
 /// through `POST /v1/bookings/{id}/reschedule` and closes the conflict when it succeeds.
+#[utoipa::path(post, path = "/v1/practitioners/{id}/conflicts/{booking_id}/resolve", params(("id" = String, Path, description = "id (a UUID)"), ("booking_id" = String, Path, description = "id (a UUID)")), request_body = ResolveBody, responses((status = 200, body = crate::openapi::Resolution), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn resolve_conflict(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -415,6 +422,7 @@ pub async fn resolve_conflict(
 }
 
 /// `GET /v1/practitioners/{id}/hours`.
+#[utoipa::path(get, path = "/v1/practitioners/{id}/hours", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = HoursBody), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get_hours(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -429,7 +437,7 @@ pub async fn get_hours(
 }
 
 /// `POST /v1/patients` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatientBody {
     name: String,
@@ -439,6 +447,7 @@ pub struct PatientBody {
 }
 
 /// `POST /v1/patients` → 201; a registered e-mail → 409.
+#[utoipa::path(post, path = "/v1/patients", request_body = PatientBody, responses((status = 201, body = slotq_common::db::directory::Patient), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn create_patient(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -467,6 +476,7 @@ pub async fn create_patient(
 }
 
 /// `GET /v1/patients/{id}`.
+#[utoipa::path(get, path = "/v1/patients/{id}", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_common::db::directory::Patient), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get_patient(
     State(s): State<AppState>,
     Caller(caller): Caller,

@@ -19,6 +19,7 @@ use crate::{AppState, error::ApiError};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(ops::healthz))
+        .route("/openapi.json", get(crate::openapi::document))
         .route("/readyz", get(ops::readyz))
         .route("/v1/clinics", post(directory::create_clinic))
         .route("/v1/clinics/{id}", get(directory::get_clinic))

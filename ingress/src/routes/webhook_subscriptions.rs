@@ -27,7 +27,7 @@ use crate::{
 };
 
 /// `POST /v1/webhook-subscriptions` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
     url: String,
@@ -35,6 +35,7 @@ pub struct CreateBody {
 }
 
 /// `POST /v1/webhook-subscriptions` → 201 with the secret (shown once).
+#[utoipa::path(post, path = "/v1/webhook-subscriptions", request_body = CreateBody, responses((status = 201, description = "the subscription with its signing secret (shown once)", body = serde_json::Value), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -98,8 +99,9 @@ pub async fn create(
 }
 
 /// `?limit=&cursor=` of listings; `status=` for deliveries.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     limit: Option<i64>,
     cursor: Option<String>,
@@ -136,6 +138,7 @@ fn limit_and_cursor(q: &ListQuery) -> Result<(i64, Option<Uuid>), ApiError> {
 }
 
 /// `GET /v1/webhook-subscriptions?limit=&cursor=` (oldest first).
+#[utoipa::path(get, path = "/v1/webhook-subscriptions", params(ListQuery), responses((status = 200, body = serde_json::Value), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn list(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -158,6 +161,7 @@ pub async fn list(
 }
 
 /// `GET /v1/webhook-subscriptions/{id}` (without the secret).
+#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}", params(("id" = String, Path, description = "subscription id (a UUID)")), responses((status = 200, body = serde_json::Value), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -171,6 +175,7 @@ pub async fn get(
 }
 
 /// `DELETE /v1/webhook-subscriptions/{id}` → 204; its deliveries go with it.
+#[utoipa::path(delete, path = "/v1/webhook-subscriptions/{id}", params(("id" = String, Path, description = "subscription id (a UUID)")), responses((status = 204, description = "deleted"), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn delete(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -185,6 +190,7 @@ pub async fn delete(
 }
 
 /// `GET /v1/webhook-subscriptions/{id}/deliveries?status=&limit=&cursor=` (newest first).
+#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}/deliveries", params(("id" = String, Path, description = "subscription id (a UUID)"), ListQuery), responses((status = 200, body = serde_json::Value), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn deliveries(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -216,6 +222,7 @@ pub async fn deliveries(
 
 /// `GET /v1/webhook-subscriptions/{id}/deliveries/{delivery_id}`: the delivery and every
 /// attempt (`history`).
+#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}", params(("id" = String, Path, description = "subscription id (a UUID)"), ("delivery_id" = String, Path, description = "delivery id (a UUID)")), responses((status = 200, body = serde_json::Value), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn delivery(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -233,6 +240,7 @@ pub async fn delivery(
 
 /// `POST /v1/webhook-subscriptions/{id}/deliveries/{delivery_id}/redeliver` → 202: a
 /// dead-lettered delivery is due again at once, with a fresh retry window.
+#[utoipa::path(post, path = "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}/redeliver", params(("id" = String, Path, description = "subscription id (a UUID)"), ("delivery_id" = String, Path, description = "delivery id (a UUID)")), responses((status = 202, body = serde_json::Value), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn redeliver(
     State(s): State<AppState>,
     Caller(caller): Caller,

@@ -1,0 +1,220 @@
+//! The OpenAPI 3.1 document of the public API, served at `/openapi.json`, generated with
+//! utoipa from the handlers' `#[utoipa::path]` annotations and the types they exchange. The
+//! test suite runs schemathesis against it (`scripts/schemathesis.sh`).
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+use slotq_common::db::{
+    bookings::Booking,
+    conflicts::Conflict,
+    directory::{Clinic, Patient, Practitioner},
+    events::AuditRow,
+    requests::RequestView,
+};
+use utoipa::{
+    Modify, OpenApi, ToSchema,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+use uuid::Uuid;
+
+use crate::{error::FieldError, routes};
+
+/// An RFC 9457 problem: every error of the API.
+#[derive(Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong, for this request.
+    pub detail: String,
+    /// Machine-readable code of a conflict (`slot_taken`, `email_taken`, `illegal_transition`).
+    #[schema(nullable = false)]
+    pub code: Option<String>,
+    /// Field problems of a 422.
+    #[schema(nullable = false)]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+/// A page of bookings.
+#[derive(Serialize, ToSchema)]
+pub struct BookingPage {
+    /// Bookings in (slot_start, id) order.
+    pub items: Vec<Booking>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Open schedule conflicts.
+#[derive(Serialize, ToSchema)]
+pub struct ConflictList {
+    /// Earliest first.
+    pub items: Vec<Conflict>,
+}
+
+/// A booking's audit trail.
+#[derive(Serialize, ToSchema)]
+pub struct AuditTrail {
+    /// The booking.
+    pub booking_id: Uuid,
+    /// Oldest first.
+    pub items: Vec<AuditRow>,
+}
+
+/// One free slot.
+#[derive(Serialize, ToSchema)]
+pub struct FreeSlot {
+    /// Start.
+    pub start: DateTime<Utc>,
+    /// End.
+    pub end: DateTime<Utc>,
+}
+
+/// Free slots of one local day.
+#[derive(Serialize, ToSchema)]
+pub struct AvailabilityDay {
+    /// Local date in the clinic's time zone.
+    pub date: NaiveDate,
+    /// Free slots, in order.
+    pub slots: Vec<FreeSlot>,
+}
+
+/// A practitioner's availability.
+#[derive(Serialize, ToSchema)]
+pub struct Availability {
+    /// The practitioner.
+    pub practitioner_id: Uuid,
+    /// The clinic's IANA time zone.
+    pub timezone: String,
+    /// Slot length.
+    pub slot_minutes: u32,
+    /// One entry per requested day.
+    pub days: Vec<AvailabilityDay>,
+}
+
+/// A free slot found by search.
+#[derive(Serialize, ToSchema)]
+pub struct FoundSlot {
+    /// Practitioner.
+    pub practitioner_id: Uuid,
+    /// Their clinic.
+    pub clinic_id: Uuid,
+    /// Their specialty.
+    pub specialty: String,
+    /// Start.
+    pub start: DateTime<Utc>,
+    /// End.
+    pub end: DateTime<Utc>,
+}
+
+/// A page of search results.
+#[derive(Serialize, ToSchema)]
+pub struct SlotPage {
+    /// Earliest first.
+    pub items: Vec<FoundSlot>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Practitioners.
+#[derive(Serialize, ToSchema)]
+pub struct PractitionerList {
+    /// In id order.
+    pub items: Vec<Practitioner>,
+}
+
+/// Result of an availability rebuild.
+#[derive(Serialize, ToSchema)]
+pub struct RebuildResult {
+    /// The practitioner.
+    pub practitioner_id: Uuid,
+    /// Days rebuilt.
+    pub days_rebuilt: usize,
+}
+
+/// Result of resolving a conflict.
+#[derive(Serialize, ToSchema)]
+pub struct Resolution {
+    /// The booking.
+    pub booking_id: Uuid,
+    /// `kept` or `cancelled`.
+    pub resolution: String,
+}
+
+/// The answer to the payment provider.
+#[derive(Serialize, ToSchema)]
+pub struct PaymentAnswer {
+    /// `confirmed`, `already_confirmed`, `cancelled`, `late_payment_refund_required` or `ignored`.
+    pub outcome: String,
+}
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "slotq", description = "Queue-first booking pipeline for healthcare appointments."),
+    modifiers(&Security),
+    security(("bearer" = [])),
+    paths(
+        routes::directory::create_clinic,
+        routes::directory::get_clinic,
+        routes::directory::create_practitioner,
+        routes::directory::get_practitioner,
+        routes::directory::get_hours,
+        routes::directory::put_hours,
+        routes::directory::conflicts,
+        routes::directory::resolve_conflict,
+        routes::directory::create_patient,
+        routes::directory::get_patient,
+        routes::availability::practitioners,
+        routes::availability::availability,
+        routes::availability::rebuild,
+        routes::availability::search,
+        routes::booking_requests::submit,
+        routes::booking_requests::poll,
+        routes::bookings::get,
+        routes::bookings::audit,
+        routes::bookings::cancel,
+        routes::bookings::complete,
+        routes::bookings::no_show,
+        routes::bookings::reschedule,
+        routes::bookings::by_patient,
+        routes::bookings::by_practitioner,
+        routes::payments::webhook,
+        routes::webhook_subscriptions::create,
+        routes::webhook_subscriptions::list,
+        routes::webhook_subscriptions::get,
+        routes::webhook_subscriptions::delete,
+        routes::webhook_subscriptions::deliveries,
+        routes::webhook_subscriptions::delivery,
+        routes::webhook_subscriptions::redeliver,
+        routes::ops::healthz,
+        routes::ops::readyz,
+    ),
+    components(schemas(Problem, Clinic, Practitioner, Patient, Booking, RequestView, Conflict, AuditRow))
+)]
+pub struct ApiDoc;
+
+/// `GET /openapi.json`.
+pub async fn document() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}

@@ -1,0 +1,93 @@
+//! The OpenAPI document covers the router: every documented operation exists (no 404 "no such
+//! route", no 405), and every route the API serves is documented.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
+use slotq_testkit::{Options, spawn};
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_operation_is_served_and_every_route_is_documented() {
+    let app = spawn(Options {
+        workers: false,
+        scheduler: false,
+        ..Options::default()
+    })
+    .await;
+    let (s, doc) = app.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(s, 200, "the document is public");
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths = doc["paths"].as_object().unwrap();
+    let mut operations = Vec::new();
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            operations.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    let token = app.token(slotq_common::auth::Role::Service, "openapi", None, None);
+    for (method, path) in &operations {
+        let concrete = path
+            .split('/')
+            .map(|seg| {
+                if seg.starts_with('{') {
+                    Uuid::now_v7().to_string()
+                } else {
+                    seg.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let (status, body) = app.call(method, &concrete, Some(&token), None).await;
+        assert_ne!(status, 405, "{method} {path}");
+        assert_ne!(
+            body["detail"], "no such route",
+            "{method} {path} is documented but not routed"
+        );
+    }
+    // The routes of ingress/src/routes/mod.rs, by hand: adding a route means documenting it.
+    let routed = [
+        "/healthz",
+        "/readyz",
+        "/v1/clinics",
+        "/v1/clinics/{id}",
+        "/v1/clinics/{id}/practitioners",
+        "/v1/practitioners",
+        "/v1/practitioners/{id}",
+        "/v1/practitioners/{id}/hours",
+        "/v1/practitioners/{id}/availability",
+        "/v1/practitioners/{id}/availability/rebuild",
+        "/v1/practitioners/{id}/bookings",
+        "/v1/practitioners/{id}/conflicts",
+        "/v1/practitioners/{id}/conflicts/{booking_id}/resolve",
+        "/v1/slots",
+        "/v1/patients",
+        "/v1/patients/{id}",
+        "/v1/patients/{id}/bookings",
+        "/v1/booking-requests",
+        "/v1/booking-requests/{id}",
+        "/v1/bookings/{id}",
+        "/v1/bookings/{id}/audit",
+        "/v1/bookings/{id}/cancel",
+        "/v1/bookings/{id}/reschedule",
+        "/v1/bookings/{id}/complete",
+        "/v1/bookings/{id}/no-show",
+        "/v1/payments/webhook",
+        "/v1/webhook-subscriptions",
+        "/v1/webhook-subscriptions/{id}",
+        "/v1/webhook-subscriptions/{id}/deliveries",
+        "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}",
+        "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}/redeliver",
+    ];
+    for r in routed {
+        assert!(paths.contains_key(r), "{r} is routed but not documented");
+    }
+    assert_eq!(
+        paths.len(),
+        routed.len(),
+        "documented paths: {:?}",
+        paths.keys().collect::<Vec<_>>()
+    );
+    app.stop().await;
+}
