@@ -16,6 +16,7 @@ pub mod domain;
 pub mod fast_path;
 pub mod metrics;
 pub mod pii;
+pub mod process;
 pub mod queue;
 pub mod rate_limit;
 pub mod redis_keys;

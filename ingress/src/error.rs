@@ -41,6 +41,37 @@ impl FieldError {
     }
 }
 
+/// Collects field problems while parsing a request, so one 422 lists them all.
+#[derive(Default)]
+pub struct Fields(pub Vec<FieldError>);
+
+impl Fields {
+    /// Keeps the value, or records why `field` is invalid.
+    pub fn check<T>(&mut self, field: &str, r: Result<T, String>) -> Option<T> {
+        r.map_err(|e| self.0.push(FieldError::new(field, "invalid", e)))
+            .ok()
+    }
+
+    /// Parses an optional parameter, recording why it is invalid.
+    pub fn optional<T>(
+        &mut self,
+        field: &str,
+        raw: Option<&str>,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        raw.and_then(|r| self.check(field, parse(r)))
+    }
+
+    /// 422 with every recorded problem, if any.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(self.0))
+        }
+    }
+}
+
 /// Every error an API handler can return.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

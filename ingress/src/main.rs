@@ -15,7 +15,7 @@ async fn main() {
     let command = std::env::args().nth(1).unwrap_or_else(|| "serve".into());
     let result = match command.as_str() {
         "serve" => run(config).await,
-        "migrate" => migrate(&config).await,
+        "migrate" => slotq_common::process::migrate(&config).await,
         "token" => {
             if let Err(e) = token(&config, std::env::args().skip(2).collect()) {
                 eprintln!("slotq-ingress token: {e}");
@@ -79,16 +79,6 @@ fn token(config: &Config, args: Vec<String>) -> anyhow::Result<()> {
         std::time::Duration::from_secs(ttl),
     );
     println!("{}", mint_hs256(secret, &c)?);
-    Ok(())
-}
-
-async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let pool = slotq_common::db::connect(&config.database_url, 2).await?;
-    slotq_common::db::migrate(&pool).await?;
-    if let Some(keys) = &config.pii {
-        slotq_common::db::directory::encrypt_patients_at_rest(&pool, keys).await?;
-    }
-    tracing::info!("migrations applied");
     Ok(())
 }
 

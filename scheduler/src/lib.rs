@@ -86,17 +86,8 @@ pub async fn run(
     on_admin: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let pool = slotq_common::db::connect(&config.database_url, config.db_max_connections.min(4))
-        .await
-        .context("connecting to PostgreSQL")?;
-    if config.auto_migrate {
-        slotq_common::db::migrate(&pool)
-            .await
-            .context("applying migrations")?;
-    }
-    let redis = slotq_common::redis_connect(&config.redis_url)
-        .await
-        .context("connecting to Redis")?;
+    let (pool, redis) =
+        slotq_common::process::connect(&config, config.db_max_connections.min(4)).await?;
     let metrics = Arc::new(Metrics::new());
     let addr = admin::serve(
         config.admin_addr,

@@ -235,7 +235,7 @@ async fn workers_export_queue_depth_on_their_admin_port() {
     // The pool runs in-process; its batch lingers, so the jobs stay in flight while /metrics
     // is read.
     let mut env = app.env.clone();
-    env.insert("BATCH_LINGER_MS".into(), "4000".into());
+    env.insert("BATCH_LINGER_MS".into(), "10000".into());
     env.insert("BATCH_MAX".into(), "1000".into());
     let config =
         slotq_common::config::Config::from_vars(slotq_common::config::Role::Workers, &env).unwrap();

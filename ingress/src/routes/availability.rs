@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 use slotq_common::{availability, db::directory};
 use uuid::Uuid;
 
-use super::bookings::parse_instant;
+use super::bookings::{not_a_cursor, parse_instant};
 use crate::{
     AppState,
     auth::{Action, Caller, authorize, clinic_of},
-    error::{ApiError, FieldError},
+    error::{ApiError, FieldError, Fields},
     extract::{AppQuery, IdPath},
 };
 
@@ -182,20 +182,16 @@ pub async fn search(
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&caller, Action::ReadDirectory)?;
     let now = Utc::now();
-    let mut errors = Vec::new();
-    let mut instant =
-        |field: &str, raw: &Option<String>| match raw.as_deref().map(|r| parse_instant(field, r)) {
-            Some(Ok(t)) => Some(t),
-            Some(Err(e)) => {
-                errors.push(e);
-                None
-            }
-            None => None,
-        };
-    let from = instant("from", &q.from).unwrap_or(now).max(now);
-    let to = instant("to", &q.to).unwrap_or(from + Duration::days(7));
+    let mut f = Fields::default();
+    let from = f
+        .optional("from", q.from.as_deref(), parse_instant)
+        .unwrap_or(now)
+        .max(now);
+    let to = f
+        .optional("to", q.to.as_deref(), parse_instant)
+        .unwrap_or(from + Duration::days(7));
     if to <= from || to - from > Duration::days(MAX_DAYS) {
-        errors.push(FieldError::new(
+        f.0.push(FieldError::new(
             "to",
             "invalid",
             format!("must be after from, at most {MAX_DAYS} days later"),
@@ -203,41 +199,21 @@ pub async fn search(
     }
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        errors.push(FieldError::new(
+        f.0.push(FieldError::new(
             "limit",
             "invalid",
             "must be between 1 and 100",
         ));
     }
-    let after = match q.cursor.as_deref() {
-        None => None,
-        Some(c) => match parse_cursor(c) {
-            Some(a) => Some(a),
-            None => {
-                errors.push(FieldError::new(
-                    "cursor",
-                    "invalid",
-                    "not a cursor returned by this endpoint",
-                ));
-                None
-            }
-        },
-    };
-    let country = match q
-        .country
-        .as_deref()
-        .map(slotq_common::domain::fields::country_code)
-    {
-        Some(Ok(c)) => Some(c),
-        Some(Err(e)) => {
-            errors.push(FieldError::new("country", "invalid", e));
-            None
-        }
-        None => None,
-    };
-    if !errors.is_empty() {
-        return Err(ApiError::invalid(errors));
-    }
+    let after = f.optional("cursor", q.cursor.as_deref(), |c| {
+        parse_cursor(c).ok_or_else(not_a_cursor)
+    });
+    let country = f.optional(
+        "country",
+        q.country.as_deref(),
+        slotq_common::domain::fields::country_code,
+    );
+    f.finish()?;
     let practitioners = directory::search_practitioners(
         &s.pool,
         q.specialty.as_deref(),

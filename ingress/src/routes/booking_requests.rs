@@ -111,7 +111,13 @@ async fn submit_inner(
     }
     // Who may submit comes before what is wrong with the request.
     if let Some(p) = s.lookup.schedule(body.practitioner_id).await? {
-        authorize(caller, Action::Submit { patient: body.patient_id, clinic: p.clinic_id })?;
+        authorize(
+            caller,
+            Action::Submit {
+                patient: body.patient_id,
+                clinic: p.clinic_id,
+            },
+        )?;
     }
     validate(s, &body, now).await?;
     let hash = body_hash(body.patient_id, body.practitioner_id, body.slot_start, None);

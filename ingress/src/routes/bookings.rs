@@ -21,7 +21,7 @@ use super::booking_requests::{NewRequest, body_hash, enqueue, idempotency_key};
 use crate::{
     AppState,
     auth::{Action, Caller, actor, authorize, clinic_of},
-    error::{ApiError, FieldError},
+    error::{ApiError, FieldError, Fields},
     extract::{AppJson, AppQuery, IdPath, RawBody},
 };
 
@@ -267,19 +267,13 @@ pub struct ListQuery {
 }
 
 /// A date (`YYYY-MM-DD`, midnight UTC) or an RFC 3339 instant.
-pub(crate) fn parse_instant(field: &str, raw: &str) -> Result<DateTime<Utc>, FieldError> {
+pub(crate) fn parse_instant(raw: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(d) = NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
         return Ok(d.and_time(chrono::NaiveTime::MIN).and_utc());
     }
     DateTime::parse_from_rfc3339(raw)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| {
-            FieldError::new(
-                field,
-                "invalid",
-                "must be a date YYYY-MM-DD or an RFC 3339 time",
-            )
-        })
+        .map_err(|_| "must be a date YYYY-MM-DD or an RFC 3339 time".to_owned())
 }
 
 fn cursor_of(b: &Booking) -> String {
@@ -295,53 +289,24 @@ fn parse_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
 }
 
 fn filter(q: &ListQuery) -> Result<ListFilter, ApiError> {
-    let mut errors = Vec::new();
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(raw) => match raw.parse::<BookingStatus>() {
-            Ok(s) => Some(s),
-            Err(e) => {
-                errors.push(FieldError::new("status", "invalid", e));
-                None
-            }
-        },
-    };
-    let mut instant =
-        |field: &str, raw: &Option<String>| match raw.as_deref().map(|r| parse_instant(field, r)) {
-            Some(Ok(t)) => Some(t),
-            Some(Err(e)) => {
-                errors.push(e);
-                None
-            }
-            None => None,
-        };
-    let from = instant("from", &q.from);
-    let to = instant("to", &q.to);
+    let mut f = Fields::default();
+    let status = f.optional("status", q.status.as_deref(), |raw| {
+        raw.parse::<BookingStatus>()
+    });
+    let from = f.optional("from", q.from.as_deref(), parse_instant);
+    let to = f.optional("to", q.to.as_deref(), parse_instant);
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
-        errors.push(FieldError::new(
+        f.0.push(FieldError::new(
             "limit",
             "invalid",
             "must be between 1 and 200",
         ));
     }
-    let after = match q.cursor.as_deref() {
-        None => None,
-        Some(c) => match parse_cursor(c) {
-            Some(a) => Some(a),
-            None => {
-                errors.push(FieldError::new(
-                    "cursor",
-                    "invalid",
-                    "not a cursor returned by this endpoint",
-                ));
-                None
-            }
-        },
-    };
-    if !errors.is_empty() {
-        return Err(ApiError::invalid(errors));
-    }
+    let after = f.optional("cursor", q.cursor.as_deref(), |c| {
+        parse_cursor(c).ok_or_else(not_a_cursor)
+    });
+    f.finish()?;
     Ok(ListFilter {
         status,
         from,
@@ -349,6 +314,11 @@ fn filter(q: &ListQuery) -> Result<ListFilter, ApiError> {
         after,
         limit,
     })
+}
+
+/// The message for a cursor this API did not hand out.
+pub(crate) fn not_a_cursor() -> String {
+    "not a cursor returned by this endpoint".to_owned()
 }
 
 async fn list(

@@ -22,28 +22,9 @@ use uuid::Uuid;
 use crate::{
     AppState,
     auth::{Action, Caller, authorize, clinic_of},
-    error::{ApiError, FieldError},
+    error::{ApiError, FieldError, Fields},
     extract::{AppJson, IdPath},
 };
-
-/// Collects field errors while parsing a body.
-#[derive(Default)]
-struct Fields(Vec<FieldError>);
-
-impl Fields {
-    fn check<T>(&mut self, field: &str, r: Result<T, String>) -> Option<T> {
-        r.map_err(|e| self.0.push(FieldError::new(field, "invalid", e)))
-            .ok()
-    }
-
-    fn finish(self) -> Result<(), ApiError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::invalid(self.0))
-        }
-    }
-}
 
 /// `POST /v1/clinics` body.
 #[derive(Deserialize, utoipa::ToSchema)]

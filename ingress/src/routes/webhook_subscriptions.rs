@@ -20,8 +20,8 @@ use slotq_common::{
 use uuid::Uuid;
 
 use crate::{
-    auth::{Action, Caller, authorize},
     AppState,
+    auth::{Action, Caller, authorize},
     error::{ApiError, FieldError},
     extract::{AppJson, AppQuery, IdPath},
 };

@@ -1,0 +1,87 @@
+//! What every slotq process does the same way: connect to PostgreSQL and Redis, apply
+//! migrations, and the `main` of the background services (configuration, logs, subcommands,
+//! SIGTERM).
+
+use anyhow::Context;
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+
+use crate::{
+    config::{Config, EXIT_CONFIG, Role},
+    shutdown::{self, Shutdown},
+};
+
+/// Opens a pool of at most `max_connections` (applying migrations when `AUTO_MIGRATE=1`) and
+/// the Redis connection.
+pub async fn connect(
+    config: &Config,
+    max_connections: u32,
+) -> anyhow::Result<(PgPool, ConnectionManager)> {
+    let pool = crate::db::connect(&config.database_url, max_connections)
+        .await
+        .context("connecting to PostgreSQL")?;
+    if config.auto_migrate {
+        crate::db::migrate(&pool)
+            .await
+            .context("applying migrations")?;
+    }
+    let redis = crate::redis_connect(&config.redis_url)
+        .await
+        .context("connecting to Redis")?;
+    Ok((pool, redis))
+}
+
+/// The `migrate` subcommand: applies migrations, then encrypts patient data written before
+/// encryption existed or under a retired key.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let pool = crate::db::connect(&config.database_url, 2)
+        .await
+        .context("connecting to PostgreSQL")?;
+    crate::db::migrate(&pool)
+        .await
+        .context("applying migrations")?;
+    if let Some(keys) = &config.pii {
+        crate::db::directory::encrypt_patients_at_rest(&pool, keys)
+            .await
+            .context("encrypting patient data")?;
+    }
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+/// `main` of a background service: `<name> [run|migrate]`. Bad configuration exits 64;
+/// SIGTERM or Ctrl-C fires the [`Shutdown`] given to `run` and logs `stopping`.
+pub async fn service_main<F, Fut>(role: Role, name: &str, stopping: &'static str, run: F)
+where
+    F: FnOnce(Config, Shutdown) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let config = match Config::from_env(role) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    crate::telemetry::init(config.log_format);
+    let result = match std::env::args().nth(1).as_deref() {
+        None | Some("run") => {
+            let (trigger, stop) = shutdown::channel();
+            tokio::spawn(async move {
+                shutdown::signal().await;
+                tracing::info!("{stopping}");
+                trigger.fire();
+            });
+            run(config, stop).await
+        }
+        Some("migrate") => migrate(&config).await,
+        Some(other) => {
+            eprintln!("{name}: unknown command {other:?}; expected run or migrate");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(error = ?e, "{name} failed");
+        std::process::exit(1);
+    }
+}
