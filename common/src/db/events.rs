@@ -30,6 +30,20 @@ pub mod types {
     pub const COMPLETED: &str = "booking.completed";
     /// The patient did not come.
     pub const NO_SHOW: &str = "booking.no_show";
+
+    /// Every type above: a new type added here is at once offered to webhook subscribers.
+    pub const ALL: &[&str] = &[
+        HELD,
+        REJECTED,
+        CONFIRMED,
+        EXPIRED,
+        CANCELLED,
+        PAYMENT_LATE,
+        RESCHEDULED,
+        SCHEDULE_CONFLICT,
+        COMPLETED,
+        NO_SHOW,
+    ];
 }
 
 /// The payload of every booking event: ids only, never personal data.

@@ -13,18 +13,7 @@ pub mod target;
 use crate::db::events::types;
 
 /// Every event type a client may subscribe to (the `type` of the outbox rows).
-pub const EVENT_TYPES: &[&str] = &[
-    types::HELD,
-    types::REJECTED,
-    types::CONFIRMED,
-    types::EXPIRED,
-    types::CANCELLED,
-    types::RESCHEDULED,
-    types::PAYMENT_LATE,
-    types::SCHEDULE_CONFLICT,
-    types::COMPLETED,
-    types::NO_SHOW,
-];
+pub const EVENT_TYPES: &[&str] = types::ALL;
 
 /// Whether `t` is an event type a subscription may name.
 pub fn is_event_type(t: &str) -> bool {
