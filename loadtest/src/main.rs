@@ -1,10 +1,8 @@
-//! `slotq-loadtest`: load scenarios against a running slotq (filled in by the load-test issue).
+//! `slotq-loadtest <scenario>… [options]`: see `slotq_loadtest::options::USAGE`.
 
-fn main() {
-    let scenario = std::env::args().nth(1).unwrap_or_default();
-    eprintln!(
-        "slotq-loadtest: scenario {scenario:?} is not available in this build; \
-         the load generator (throughput, latency, storm, mixed, baseline) is tracked in the load-test issue"
-    );
-    std::process::exit(2);
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let vars = std::env::vars().collect();
+    std::process::exit(slotq_loadtest::main_with(&args, &vars).await);
 }

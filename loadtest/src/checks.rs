@@ -1,0 +1,145 @@
+//! What PostgreSQL (the truth) says after a scenario: which accepted requests have a durable
+//! decision and when it was recorded, and whether any slot or patient holds two active
+//! bookings. The API is not trusted for invariants; the database is read directly.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::stats::Latency;
+
+/// Ids per query: large `= ANY($1)` arrays stay cheap in chunks.
+const CHUNK: usize = 10_000;
+
+/// The recorded decisions of a set of accepted requests.
+#[derive(Debug, Default)]
+pub struct Decisions {
+    /// Requests with a decision row.
+    pub decided: u64,
+    /// Of which `held`.
+    pub held: u64,
+    /// Rejections by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Accepted requests without a decision row.
+    pub missing: Vec<Uuid>,
+    /// Earliest `submitted_at` (ingress clock).
+    pub first_submitted: Option<DateTime<Utc>>,
+    /// Latest `decided_at` (the worker's transaction clock).
+    pub last_decided: Option<DateTime<Utc>>,
+    /// `decided_at − submitted_at` of each decision (server clocks, same machine).
+    pub server_latency: Latency,
+}
+
+type Row = (Uuid, DateTime<Utc>, DateTime<Utc>, String, Option<String>);
+
+/// Reads the decisions of `ids` from `booking_requests`.
+pub async fn decisions(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<Decisions> {
+    let mut d = Decisions::default();
+    let mut found = std::collections::HashSet::with_capacity(ids.len());
+    for chunk in ids.chunks(CHUNK) {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, submitted_at, decided_at, outcome::text, reason
+             FROM booking_requests WHERE id = ANY($1)",
+        )
+        .bind(chunk)
+        .fetch_all(pool)
+        .await?;
+        for (id, submitted, decided, outcome, reason) in rows {
+            found.insert(id);
+            d.decided += 1;
+            if outcome == "held" {
+                d.held += 1;
+            } else {
+                *d.rejected
+                    .entry(reason.unwrap_or_else(|| "?".into()))
+                    .or_default() += 1;
+            }
+            d.first_submitted = Some(d.first_submitted.map_or(submitted, |f| f.min(submitted)));
+            d.last_decided = Some(d.last_decided.map_or(decided, |l| l.max(decided)));
+            let us = (decided - submitted).num_microseconds().unwrap_or(i64::MAX);
+            d.server_latency.record_micros(us.max(0) as u64);
+        }
+    }
+    d.missing = ids.iter().filter(|i| !found.contains(*i)).copied().collect();
+    Ok(d)
+}
+
+/// How many of `ids` have a decision row.
+pub async fn count_decided(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<u64> {
+    let mut n = 0;
+    for chunk in ids.chunks(CHUNK) {
+        let c: i64 = sqlx::query_scalar("SELECT count(*) FROM booking_requests WHERE id = ANY($1)")
+            .bind(chunk)
+            .fetch_one(pool)
+            .await?;
+        n += c as u64;
+    }
+    Ok(n)
+}
+
+/// Polls until every one of `ids` is decided or `timeout` passes; returns how many are.
+pub async fn wait_decided(
+    pool: &PgPool,
+    ids: &[Uuid],
+    timeout: Duration,
+    every: Duration,
+) -> anyhow::Result<u64> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let n = count_decided(pool, ids).await?;
+        if n as usize >= ids.len() || tokio::time::Instant::now() >= deadline {
+            return Ok(n);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Slots with more than one active (`held`/`confirmed`) booking, in the whole database.
+pub async fn double_bookings(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM (
+           SELECT 1 FROM bookings WHERE status IN ('held', 'confirmed')
+           GROUP BY country_code, practitioner_id, slot_start HAVING count(*) > 1) d",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Patients with two active bookings starting at the same time, in the whole database.
+pub async fn patient_overlaps(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM (
+           SELECT 1 FROM bookings WHERE status IN ('held', 'confirmed')
+           GROUP BY country_code, patient_id, slot_start HAVING count(*) > 1) d",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Bookings by status among `booking_ids`.
+pub async fn booking_statuses(
+    pool: &PgPool,
+    booking_ids: &[Uuid],
+) -> anyhow::Result<BTreeMap<Uuid, String>> {
+    let mut out = BTreeMap::new();
+    for chunk in booking_ids.chunks(CHUNK) {
+        let rows: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT id, status::text FROM bookings WHERE id = ANY($1)")
+                .bind(chunk)
+                .fetch_all(pool)
+                .await?;
+        out.extend(rows);
+    }
+    Ok(out)
+}
+
+/// Holds whose expiry is due but not yet swept (the scheduler's backlog).
+pub async fn due_holds(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM bookings WHERE status = 'held' AND hold_expires_at <= now()",
+    )
+    .fetch_one(pool)
+    .await?)
+}
