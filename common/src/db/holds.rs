@@ -2,14 +2,32 @@
 //!
 //! A batch of requests is decided in one transaction:
 //! 1. requests already decided (a redelivered job) keep their recorded decision;
-//! 2. the valid new-hold candidates, sorted by (country, practitioner, slot, submission time),
-//!    go into one multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING`; the unique partial
+//! 2. the (patient, instant) advisory locks below are taken; the valid new-hold candidates,
+//!    sorted by (country, practitioner, slot, submission time), go into one multi-row
+//!    `INSERT … ON CONFLICT DO NOTHING RETURNING` (rarely more, see below); the unique partial
 //!    index `bookings_no_double_book` picks exactly one winner per slot, across batches and
 //!    processes, and within a batch the earliest submission wins;
 //! 3. the losers are classified (`slot_taken` or `patient_conflict`);
 //! 4. reschedules move their booking with one conditional `UPDATE` each, under a savepoint:
 //!    the same unique indexes decide, and a lost race changes nothing (ADR-001);
 //! 5. every decision is recorded in `booking_requests`, with outbox and audit rows.
+//!
+//! A patient may not hold two active bookings that start at the same time, in any countries
+//! (DESIGN §3). `bookings` is LIST-partitioned by country, and a unique index of a partitioned
+//! table must contain the partition key, so `bookings_patient_no_overlap` only sees one
+//! country. Across countries the rule is kept here, race-free: before its first write, the
+//! batch takes a transaction-level advisory lock on every (patient, slot start) it may create
+//! — new holds and reschedule targets — in one statement, in sorted key order (two batches
+//! wait for each other, never deadlock on these locks). A competing batch of the same patient
+//! and instant therefore commits before our next statement starts or after we commit; the
+//! inserts and moves skip a candidate when that patient has any other active booking at that
+//! instant, which is then a `patient_conflict`. (Rejected alternative: a non-partitioned
+//! side table with a unique (patient, slot start) key — `ON CONFLICT DO NOTHING` of the one
+//! multi-row insert cannot arbitrate on a second table, so a loser on the practitioner's slot
+//! would still claim the patient's instant.) Candidates of one patient at one instant in
+//! several countries of the same batch are inserted in rounds, one country each, in order of
+//! submission, so that the earliest one that can win does. A batch without such duplicates
+//! costs one extra round trip (the locks); a batch without candidates none.
 //!
 //! If a concurrent transaction recorded one of our winners' requests first (the same job
 //! delivered twice at once), the batch is rolled back and retried: step 1 then finds the
@@ -175,6 +193,14 @@ pub async fn commit_batch(
     let (mut holds, mut moves): (Vec<_>, Vec<_>) = candidates
         .into_iter()
         .partition(|c| c.0.reschedule.is_none());
+    lock_patient_slots(
+        &mut tx,
+        holds
+            .iter()
+            .chain(moves.iter())
+            .map(|(i, _, _)| (i.patient_id, i.slot_start)),
+    )
+    .await?;
     insert_holds(&mut tx, &mut holds, hold_ttl, &mut outcomes).await?;
     moves.sort_by_key(|(i, _, _)| (i.submitted_at, i.request_id));
     for (input, country, end) in moves {
@@ -302,7 +328,8 @@ pub async fn commit_batch(
     Ok(decided)
 }
 
-/// Step 2 and 3: one multi-row insert for the new holds, then classify the losers.
+/// Step 2 and 3: one multi-row insert for the new holds (one per round when a patient asks for
+/// the same instant in several countries), then classify the losers.
 async fn insert_holds(
     tx: &mut PgConnection,
     candidates: &mut [(&HoldInput, &str, DateTime<Utc>)],
@@ -331,47 +358,32 @@ async fn insert_holds(
             ))
     });
     let n = candidates.len();
-    let booking_ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
     let req_ids: Vec<Uuid> = candidates.iter().map(|c| c.0.request_id).collect();
     let countries: Vec<&str> = candidates.iter().map(|c| c.1).collect();
     let practs: Vec<Uuid> = candidates.iter().map(|c| c.0.practitioner_id).collect();
-    let patients: Vec<Uuid> = candidates.iter().map(|c| c.0.patient_id).collect();
     let starts: Vec<DateTime<Utc>> = candidates.iter().map(|c| c.0.slot_start).collect();
-    let ends: Vec<DateTime<Utc>> = candidates.iter().map(|c| c.2).collect();
-    let winners: Vec<(Uuid, Uuid, DateTime<Utc>)> = sqlx::query_as(
-        "INSERT INTO bookings (id, request_id, country_code, practitioner_id, patient_id,
-                               slot_start, slot_end, status, hold_expires_at)
-         SELECT u.id, u.request_id, u.country_code, u.practitioner_id, u.patient_id,
-                u.slot_start, u.slot_end, 'held', now() + make_interval(secs => $8)
-         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[],
-                     $6::timestamptz[], $7::timestamptz[]) WITH ORDINALITY
-              AS u(id, request_id, country_code, practitioner_id, patient_id, slot_start, slot_end, ord)
-         ORDER BY u.ord
-         ON CONFLICT DO NOTHING
-         RETURNING request_id, id, hold_expires_at",
-    )
-    .bind(&booking_ids)
-    .bind(&req_ids)
-    .bind(&countries)
-    .bind(&practs)
-    .bind(&patients)
-    .bind(&starts)
-    .bind(&ends)
-    .bind(hold_ttl.as_secs_f64())
-    .fetch_all(&mut *tx)
-    .await?;
-    for (req, booking, exp) in winners {
-        outcomes.insert(
-            req,
-            Outcome {
-                booking_id: Some(booking),
-                status: "held",
-                hold_expires_at: Some(exp),
-                reason: None,
-                moved: None,
-                previous_slot: None,
-            },
-        );
+    let rounds = country_rounds(candidates);
+    let last_round = rounds.iter().copied().max().unwrap_or(0);
+    for round in 0..=last_round {
+        let rows: Vec<&(&HoldInput, &str, DateTime<Utc>)> = candidates
+            .iter()
+            .zip(&rounds)
+            .filter(|(_, r)| **r == round)
+            .map(|(c, _)| c)
+            .collect();
+        for (req, booking, exp) in insert_round(&mut *tx, &rows, hold_ttl).await? {
+            outcomes.insert(
+                req,
+                Outcome {
+                    booking_id: Some(booking),
+                    status: "held",
+                    hold_expires_at: Some(exp),
+                    reason: None,
+                    moved: None,
+                    previous_slot: None,
+                },
+            );
+        }
     }
 
     // Losers: slot occupied (by anyone, including this batch's winner) → slot_taken; otherwise
@@ -410,6 +422,124 @@ async fn insert_holds(
     Ok(())
 }
 
+/// The advisory-lock key of a patient's instant: FNV-1a (64 bit) over the patient id's bytes
+/// and the slot start's Unix microseconds (big-endian). A fixed function, so every worker
+/// process, of any version, computes the same key; a collision only makes two batches wait
+/// for each other.
+pub fn patient_slot_lock_key(patient_id: Uuid, slot_start: DateTime<Utc>) -> i64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let micros = slot_start.timestamp_micros().to_be_bytes();
+    let hash = patient_id
+        .as_bytes()
+        .iter()
+        .chain(micros.iter())
+        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME));
+    i64::from_be_bytes(hash.to_be_bytes())
+}
+
+/// Locks (until the transaction ends) the instants of the patients the batch may book or
+/// move, in sorted key order, in one statement; nothing when there are none.
+async fn lock_patient_slots(
+    tx: &mut PgConnection,
+    slots: impl Iterator<Item = (Uuid, DateTime<Utc>)>,
+) -> Result<(), sqlx::Error> {
+    let mut keys: Vec<i64> = slots
+        .map(|(patient, start)| patient_slot_lock_key(patient, start))
+        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    // A function scan returns the array's elements in order, so the locks are taken in order.
+    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS t(k)")
+        .bind(&keys)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// The insert round of each (sorted) candidate: 0, unless its patient asks for the same
+/// instant in several countries of this batch; then the countries take turns, ordered by their
+/// earliest submission (round 0 for the earliest), so that the unique index (within a country)
+/// and the `NOT EXISTS` check (across countries, seeing the earlier rounds' rows) together let
+/// at most one of them win — the earliest that can.
+fn country_rounds(candidates: &[(&HoldInput, &str, DateTime<Utc>)]) -> Vec<usize> {
+    type Earliest<'a> = Vec<((DateTime<Utc>, Uuid), &'a str)>;
+    let mut groups: HashMap<(Uuid, DateTime<Utc>), Earliest<'_>> = HashMap::new();
+    for (input, country, _) in candidates {
+        let first = (input.submitted_at, input.request_id);
+        let group = groups
+            .entry((input.patient_id, input.slot_start))
+            .or_default();
+        match group.iter_mut().find(|(_, c)| c == country) {
+            Some(entry) => entry.0 = entry.0.min(first),
+            None => group.push((first, country)),
+        }
+    }
+    for group in groups.values_mut() {
+        group.sort_unstable();
+    }
+    candidates
+        .iter()
+        .map(|(input, country, _)| {
+            groups
+                .get(&(input.patient_id, input.slot_start))
+                .and_then(|g| g.iter().position(|(_, c)| c == country))
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// One multi-row insert of new holds; returns (request, booking, hold expiry) of the winners.
+/// A row is skipped when its slot is taken or its patient already has an active booking at
+/// that instant: in its country by the unique indexes (rows of this statement included), in
+/// any country by `NOT EXISTS` (committed rows and this transaction's earlier statements; the
+/// advisory locks keep concurrent batches of the same patient and instant out).
+async fn insert_round(
+    tx: &mut PgConnection,
+    rows: &[&(&HoldInput, &str, DateTime<Utc>)],
+    hold_ttl: Duration,
+) -> Result<Vec<(Uuid, Uuid, DateTime<Utc>)>, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let booking_ids: Vec<Uuid> = rows.iter().map(|_| Uuid::now_v7()).collect();
+    let req_ids: Vec<Uuid> = rows.iter().map(|c| c.0.request_id).collect();
+    let countries: Vec<&str> = rows.iter().map(|c| c.1).collect();
+    let practs: Vec<Uuid> = rows.iter().map(|c| c.0.practitioner_id).collect();
+    let patients: Vec<Uuid> = rows.iter().map(|c| c.0.patient_id).collect();
+    let starts: Vec<DateTime<Utc>> = rows.iter().map(|c| c.0.slot_start).collect();
+    let ends: Vec<DateTime<Utc>> = rows.iter().map(|c| c.2).collect();
+    sqlx::query_as(
+        "INSERT INTO bookings (id, request_id, country_code, practitioner_id, patient_id,
+                               slot_start, slot_end, status, hold_expires_at)
+         SELECT u.id, u.request_id, u.country_code, u.practitioner_id, u.patient_id,
+                u.slot_start, u.slot_end, 'held', now() + make_interval(secs => $8)
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[],
+                     $6::timestamptz[], $7::timestamptz[]) WITH ORDINALITY
+              AS u(id, request_id, country_code, practitioner_id, patient_id, slot_start, slot_end, ord)
+         WHERE NOT EXISTS (
+             SELECT 1 FROM bookings o
+             WHERE o.patient_id = u.patient_id AND o.slot_start = u.slot_start
+               AND o.status IN ('held', 'confirmed'))
+         ORDER BY u.ord
+         ON CONFLICT DO NOTHING
+         RETURNING request_id, id, hold_expires_at",
+    )
+    .bind(&booking_ids)
+    .bind(&req_ids)
+    .bind(&countries)
+    .bind(&practs)
+    .bind(&patients)
+    .bind(&starts)
+    .bind(&ends)
+    .bind(hold_ttl.as_secs_f64())
+    .fetch_all(&mut *tx)
+    .await
+}
+
 /// Step 4: moves one booking to its new slot, or changes nothing.
 async fn move_booking(
     tx: &mut PgConnection,
@@ -445,18 +575,32 @@ async fn move_booking(
     sqlx::query("SAVEPOINT reschedule")
         .execute(&mut *tx)
         .await?;
-    let moved: Result<Booking, sqlx::Error> = sqlx::query_as(
+    // The patient's other active booking at the new instant, in any country, blocks the move
+    // (the batch holds the advisory lock of that instant).
+    let moved: Result<Option<Booking>, sqlx::Error> = sqlx::query_as(
         "UPDATE bookings SET slot_start = $3, slot_end = $4, updated_at = now()
-         WHERE country_code = $1 AND id = $2 RETURNING *",
+         WHERE country_code = $1 AND id = $2
+           AND NOT EXISTS (
+               SELECT 1 FROM bookings o
+               WHERE o.patient_id = $5 AND o.slot_start = $3 AND o.id <> $2
+                 AND o.status IN ('held', 'confirmed'))
+         RETURNING *",
     )
     .bind(country)
     .bind(booking.id)
     .bind(input.slot_start)
     .bind(slot_end)
-    .fetch_one(&mut *tx)
+    .bind(booking.patient_id)
+    .fetch_optional(&mut *tx)
     .await;
     match moved {
-        Ok(b) => {
+        Ok(None) => {
+            sqlx::query("RELEASE SAVEPOINT reschedule")
+                .execute(&mut *tx)
+                .await?;
+            Ok(Outcome::rejected("patient_conflict"))
+        }
+        Ok(Some(b)) => {
             sqlx::query("RELEASE SAVEPOINT reschedule")
                 .execute(&mut *tx)
                 .await?;
@@ -543,4 +687,74 @@ async fn record_decisions(
     .fetch_all(&mut *tx)
     .await?;
     Ok(recorded.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(patient: Uuid, country: &'static str, at: DateTime<Utc>, ms: i64) -> HoldInput {
+        HoldInput {
+            request_id: Uuid::now_v7(),
+            patient_id: patient,
+            practitioner_id: Uuid::now_v7(),
+            slot_start: at,
+            submitted_at: DateTime::UNIX_EPOCH + chrono::Duration::milliseconds(ms),
+            idempotency_key: None,
+            reschedule: None,
+            verdict: Verdict::Candidate {
+                country_code: country.to_owned(),
+                slot_end: at,
+            },
+        }
+    }
+
+    #[test]
+    fn the_lock_key_is_a_fixed_function_of_patient_and_instant() {
+        // Every worker version must compute the same key: this value may never change.
+        let patient = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        let at = DateTime::UNIX_EPOCH + chrono::Duration::seconds(1_800_000_000);
+        assert_eq!(
+            patient_slot_lock_key(patient, at),
+            patient_slot_lock_key(patient, at)
+        );
+        // FNV-1a 64 of the 16 id bytes and 1_800_000_000_000_000 µs as big-endian i64.
+        assert_eq!(
+            patient_slot_lock_key(patient, at),
+            -9_055_600_386_278_898_009
+        );
+        assert_ne!(
+            patient_slot_lock_key(patient, at),
+            patient_slot_lock_key(patient, at + chrono::Duration::minutes(30))
+        );
+        assert_ne!(
+            patient_slot_lock_key(patient, at),
+            patient_slot_lock_key(Uuid::nil(), at)
+        );
+    }
+
+    #[test]
+    fn countries_of_one_patient_and_instant_take_turns_in_submission_order() {
+        let (p, q) = (Uuid::now_v7(), Uuid::now_v7());
+        let t = DateTime::UNIX_EPOCH + chrono::Duration::days(20_000);
+        let u = t + chrono::Duration::minutes(30);
+        let inputs = [
+            input(p, "FR", t, 5),
+            input(p, "DE", t, 1),
+            input(p, "FR", t, 2),
+            input(p, "ES", t, 9),
+            input(p, "FR", u, 7),
+            input(q, "IT", t, 0),
+            input(q, "IT", t, 3),
+        ];
+        let candidates: Vec<(&HoldInput, &str, DateTime<Utc>)> = inputs
+            .iter()
+            .map(|i| match &i.verdict {
+                Verdict::Candidate { country_code, .. } => (i, country_code.as_str(), t),
+                Verdict::Reject(_) => unreachable!("all candidates"),
+            })
+            .collect();
+        // DE (1 ms) before FR (2 ms) before ES (9 ms); other instants and patients: round 0.
+        assert_eq!(country_rounds(&candidates), vec![1, 0, 1, 2, 0, 0, 0]);
+    }
 }
