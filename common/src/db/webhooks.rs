@@ -237,35 +237,47 @@ pub struct Attempt {
     pub result: AttemptResult,
 }
 
-/// Records an attempt and its consequence. Returns false when the delivery had moved on (its
-/// lease ran out and another attempt claimed it, or the subscription went away); the attempt
-/// is still logged when the delivery exists.
+/// Records an attempt and its consequence, in one statement (so no transaction is ever left
+/// open between two round trips, holding delivery rows that `DELETE` of a subscription needs).
+/// Returns false when the delivery had moved on (its lease ran out and another attempt claimed
+/// it, or the subscription went away); the attempt is still logged when the delivery exists.
 pub async fn record_attempt(pool: &PgPool, a: &Attempt) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO webhook_delivery_attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
-         SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM webhook_deliveries WHERE id = $1)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(a.delivery_id)
-    .bind(a.attempt)
-    .bind(a.started_at)
-    .bind(a.duration_ms)
-    .bind(a.status_code)
-    .bind(a.error.as_deref())
-    .execute(&mut *tx)
-    .await?;
     let (status, next): (&str, Option<DateTime<Utc>>) = match a.result {
         AttemptResult::Delivered => ("delivered", None),
         AttemptResult::Retry(at) => ("pending", Some(at)),
         AttemptResult::Dead | AttemptResult::Gone => ("dead", None),
     };
-    let applied = sqlx::query(
-        "UPDATE webhook_deliveries
-         SET status = $3, next_attempt_at = $4, last_status_code = $5, last_error = $6,
-             delivered_at = CASE WHEN $3 = 'delivered' THEN now() END,
-             dead_at = CASE WHEN $3 = 'dead' THEN now() END
-         WHERE id = $1 AND attempts = $2 AND status = 'pending'",
+    // The sub-statements share one snapshot: `others` leaves out the delivery `applied`
+    // updates, and the `410 Gone` consequences run only when the result was applied.
+    let applied: Result<i64, sqlx::Error> = sqlx::query_scalar(
+        "WITH logged AS (
+             INSERT INTO webhook_delivery_attempts
+                 (delivery_id, attempt, started_at, duration_ms, status_code, error)
+             SELECT $1, $2, $7, $8, $5, $6
+             WHERE EXISTS (SELECT 1 FROM webhook_deliveries WHERE id = $1)
+             ON CONFLICT DO NOTHING
+         ), applied AS (
+             UPDATE webhook_deliveries
+             SET status = $3::text, next_attempt_at = $4, last_status_code = $5, last_error = $6,
+                 delivered_at = CASE WHEN $3::text = 'delivered' THEN now() END,
+                 dead_at = CASE WHEN $3::text = 'dead' THEN now() END
+             WHERE id = $1 AND attempts = $2 AND status = 'pending'
+             RETURNING subscription_id
+         ), disabled AS (
+             UPDATE webhook_subscriptions s
+             SET status = 'disabled', disabled_at = now(),
+                 disabled_reason = 'the endpoint answered 410 Gone'
+             FROM applied a
+             WHERE $9 AND s.id = a.subscription_id AND s.status = 'active'
+         ), others AS (
+             UPDATE webhook_deliveries d
+             SET status = 'dead', dead_at = now(), next_attempt_at = NULL,
+                 last_error = 'subscription disabled: the endpoint answered 410 Gone'
+             FROM applied a
+             WHERE $9 AND d.subscription_id = a.subscription_id AND d.status = 'pending'
+               AND d.id <> $1
+         )
+         SELECT count(*) FROM applied",
     )
     .bind(a.delivery_id)
     .bind(a.attempt)
@@ -273,32 +285,18 @@ pub async fn record_attempt(pool: &PgPool, a: &Attempt) -> Result<bool, sqlx::Er
     .bind(next)
     .bind(a.status_code)
     .bind(a.error.as_deref())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if applied && a.result == AttemptResult::Gone {
-        sqlx::query(
-            "UPDATE webhook_subscriptions
-             SET status = 'disabled', disabled_at = now(),
-                 disabled_reason = 'the endpoint answered 410 Gone'
-             WHERE id = $1 AND status = 'active'",
-        )
-        .bind(a.subscription_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE webhook_deliveries
-             SET status = 'dead', dead_at = now(), next_attempt_at = NULL,
-                 last_error = 'subscription disabled: the endpoint answered 410 Gone'
-             WHERE subscription_id = $1 AND status = 'pending'",
-        )
-        .bind(a.subscription_id)
-        .execute(&mut *tx)
-        .await?;
+    .bind(a.started_at)
+    .bind(a.duration_ms)
+    .bind(a.result == AttemptResult::Gone)
+    .fetch_one(pool)
+    .await;
+    match applied {
+        Ok(n) => Ok(n == 1),
+        // The delivery was deleted (with its subscription) after the statement's snapshot:
+        // the attempt's log row has nothing left to belong to.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23503") => Ok(false),
+        Err(e) => Err(e),
     }
-    tx.commit().await?;
-    Ok(applied)
 }
 
 /// A delivery as the API shows it.
