@@ -1,8 +1,10 @@
 //! Starts what carries results out of the pipeline: the outbox relay to Kafka (when
 //! `KAFKA_BROKERS` is set) and the webhook dispatcher (unless `WEBHOOK_DISPATCH=0`).
 //!
-//! Both use their own small PostgreSQL pool, so neither a slow broker nor slow client endpoints
-//! can take connections from the hold batcher.
+//! Each has its own small PostgreSQL pool, so neither a slow broker nor slow client endpoints
+//! can take connections from the hold batcher, nor from each other: the relay keeps a
+//! transaction open while the broker acknowledges, the dispatcher never holds a connection
+//! across an HTTP call.
 
 use std::sync::Arc;
 
@@ -12,9 +14,19 @@ use tokio::{sync::Notify, task::JoinHandle};
 
 use crate::{outbox_relay::Relay, webhook_dispatcher::Dispatcher};
 
-/// Connections of the outbound pool: the relay holds one for a cycle, the dispatcher's two
-/// loops one each for short transactions.
-const POOL_SIZE: u32 = 3;
+/// Connections of the relay's pool: one held for a cycle, one for the lag gauge.
+const RELAY_POOL_SIZE: u32 = 2;
+
+/// Connections of the dispatcher's pool for `concurrency` attempts in flight: one for the
+/// fan-out transaction, one for claiming, and one per four attempts (at least one, at most
+/// eight) to record results. An attempt holds a connection only for its one-statement record,
+/// a few milliseconds against the tens of milliseconds or more of its HTTP call, so a quarter
+/// of the attempts' number is plenty; the cap keeps a large `WEBHOOK_CONCURRENCY` from
+/// taking PostgreSQL's connections.
+pub fn dispatcher_pool_size(concurrency: usize) -> u32 {
+    let recorders = u32::try_from(concurrency.div_ceil(4)).unwrap_or(u32::MAX);
+    2 + recorders.clamp(1, 8)
+}
 
 /// Starts the relay and the dispatcher as configured; their tasks end after `shutdown`.
 pub async fn start(
@@ -27,12 +39,12 @@ pub async fn start(
     if config.kafka.is_none() && !config.webhooks.dispatch {
         return Ok(tasks);
     }
-    let pool = slotq_common::db::connect(&config.database_url, POOL_SIZE)
-        .await
-        .context("connecting the outbound pool to PostgreSQL")?;
     if let Some(kafka) = &config.kafka {
+        let pool = slotq_common::db::connect(&config.database_url, RELAY_POOL_SIZE)
+            .await
+            .context("connecting the outbox relay's pool to PostgreSQL")?;
         let relay = Relay {
-            pool: pool.clone(),
+            pool,
             producer: crate::outbox_relay::producer(kafka, client_id)
                 .context("creating the Kafka producer (KAFKA_BROKERS, KAFKA_PROPERTIES)")?,
             topic: kafka.topic.clone(),
@@ -46,6 +58,12 @@ pub async fn start(
         tracing::info!("KAFKA_BROKERS is unset: the outbox relay is off");
     }
     if config.webhooks.dispatch {
+        let pool = slotq_common::db::connect(
+            &config.database_url,
+            dispatcher_pool_size(config.webhooks.concurrency),
+        )
+        .await
+        .context("connecting the webhook dispatcher's pool to PostgreSQL")?;
         let dispatcher = Arc::new(Dispatcher {
             pool,
             http: crate::webhook_dispatcher::http_client(&config.webhooks)
@@ -58,4 +76,18 @@ pub async fn start(
         tasks.push(tokio::spawn(dispatcher.run(shutdown)));
     }
     Ok(tasks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dispatcher_pool_size;
+
+    #[test]
+    fn the_dispatcher_pool_grows_with_concurrency_within_bounds() {
+        assert_eq!(dispatcher_pool_size(0), 3);
+        assert_eq!(dispatcher_pool_size(1), 3);
+        assert_eq!(dispatcher_pool_size(8), 4);
+        assert_eq!(dispatcher_pool_size(32), 10);
+        assert_eq!(dispatcher_pool_size(10_000), 10);
+    }
 }

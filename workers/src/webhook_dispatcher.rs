@@ -33,7 +33,6 @@ use std::{
 
 use anyhow::Context;
 use chrono::Utc;
-use futures::{StreamExt, stream::FuturesUnordered};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use slotq_common::{
     config::{OutboxConfig, WebhookConfig},
@@ -49,7 +48,7 @@ use slotq_common::{
     },
 };
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::{sync::Notify, task::JoinSet};
 use uuid::Uuid;
 
 use crate::{cloudevent, outbox_relay::pause};
@@ -165,38 +164,43 @@ impl Dispatcher {
         Ok(rows.len())
     }
 
+    /// Claims due deliveries and runs each attempt as its own task, at most
+    /// `WEBHOOK_CONCURRENCY` at once. An attempt holds no connection while it waits for the
+    /// endpoint and records its result in one statement, and as a task it keeps running while
+    /// this loop waits for the pool to claim more: nothing here can wait on a connection that
+    /// an unpolled future holds.
     async fn delivery_loop(self: Arc<Self>, shutdown: Shutdown) {
         // An attempt's lease: its timeout plus time to record the result.
         let lease = (self.config.timeout + Duration::from_secs(30)).as_secs_f64();
-        let mut in_flight = FuturesUnordered::new();
+        let mut in_flight: JoinSet<()> = JoinSet::new();
         loop {
-            let stopping = shutdown.is_stopping();
-            if stopping && in_flight.is_empty() {
+            while let Some(done) = in_flight.try_join_next() {
+                reaped(done);
+            }
+            if shutdown.is_stopping() {
+                // Attempts in flight finish (each within WEBHOOK_TIMEOUT_MS) and are recorded.
+                while let Some(done) = in_flight.join_next().await {
+                    reaped(done);
+                }
                 return;
             }
             let free = self.config.concurrency.saturating_sub(in_flight.len());
-            if !stopping && free > 0 {
-                match webhooks::claim_due(&self.pool, free as i64, lease).await {
+            if free > 0 {
+                let limit = i64::try_from(free).unwrap_or(i64::MAX);
+                match webhooks::claim_due(&self.pool, limit, lease).await {
                     Ok(due) => {
                         for d in due {
-                            in_flight.push(self.clone().attempt(d));
+                            in_flight.spawn(self.clone().attempt(d));
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "claiming webhook deliveries failed"),
                 }
             }
-            if in_flight.is_empty() {
-                tokio::select! {
-                    () = tokio::time::sleep(self.outbox.poll_interval) => {}
-                    () = self.wake.notified() => {}
-                    () = shutdown.clone().wait() => {}
-                }
-            } else {
-                tokio::select! {
-                    _ = in_flight.next() => {}
-                    () = tokio::time::sleep(self.outbox.poll_interval) => {}
-                    () = self.wake.notified() => {}
-                }
+            tokio::select! {
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => reaped(done),
+                () = tokio::time::sleep(self.outbox.poll_interval) => {}
+                () = self.wake.notified() => {}
+                () = shutdown.clone().wait() => {}
             }
         }
     }
@@ -313,6 +317,13 @@ impl Dispatcher {
                 }
             }
         }
+    }
+}
+
+/// Logs an attempt task that panicked (its delivery is retried when the lease runs out).
+fn reaped(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(error = %e, "a webhook attempt task failed");
     }
 }
 
