@@ -30,6 +30,8 @@ pub struct Metrics {
     pub commit_duration: Histogram,
     /// Batch attempts retried after a transient error.
     pub batch_retries: IntCounter,
+    /// apalis workers replaced after they failed (workers).
+    pub worker_restarts: IntCounter,
     /// Queue depth by state (ready, scheduled, inflight, dead).
     pub queue_depth: IntGaugeVec,
     /// Age of the oldest ready job.
@@ -148,6 +150,10 @@ impl Metrics {
             batch_retries: counter(
                 "slotq_batch_retries_total",
                 "Batch transactions retried after a transient error.",
+            ),
+            worker_restarts: counter(
+                "slotq_worker_restarts_total",
+                "apalis workers replaced after they failed (for example a failed fetch).",
             ),
             queue_depth: gauge_vec(
                 "slotq_queue_depth",

@@ -5,7 +5,7 @@
 
 use apalis_redis::{Config as ApalisConfig, RedisStorage};
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
+use redis::{Script, aio::ConnectionManager};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -49,9 +49,133 @@ pub fn apalis_config(config: &Config) -> ApalisConfig {
         .emit_events(false)
 }
 
-/// The hold storage on a Redis connection.
+/// The hold storage on a Redis connection (what workers consume).
 pub fn hold_storage(conn: ConnectionManager, config: &Config) -> HoldStorage {
     RedisStorage::new(conn).with_config(apalis_config(config))
+}
+
+/// How often apalis tries a hold job before it is dead (apalis' own default).
+pub const MAX_ATTEMPTS: u32 = 25;
+
+// Why ingress does not push with apalis' `push`/`Sink`: apalis-redis 1.0 gives every pushed
+// task a run time of at least "now", so every job lands in the scheduled ZSET, and its
+// `fetch_next.lua` promotes *all* due scheduled jobs in one call with
+// `rpush(active, unpack(ids))`. Lua's `unpack` fails above ~8000 values ("too many results to
+// unpack"), the fetch errors, and apalis marks the worker dead: a backlog of more than ~8000
+// submissions (a 10,000-request storm does it) stopped every worker for good. Measured with
+// `slotq-loadtest storm`. So new jobs go straight onto the active LIST, in apalis' own layout
+// (the data HASH holds the job's JSON, `{queue}:meta:{task id}` its attempts/status, the signal
+// LIST wakes workers), exactly as apalis' `batch_push.lua` does for a task without a run time.
+// Retries that apalis schedules itself still use the ZSET; there are few of them.
+//
+// The task id is the booking request id (a UUID v7 is 128 bits, as a ULID), so pushing the
+// same request twice is a no-op (`HSETNX`).
+const PUSH_LUA: &str = r"
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[4] .. ':' .. ARGV[1],
+  'attempts', 0, 'max_attempts', ARGV[3], 'status', 'Pending', 'idempotency_key', '')
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
+redis.call('LPUSH', KEYS[3], 1)
+return 1
+";
+
+/// The producer side of the hold queue (ingress).
+#[derive(Clone)]
+pub struct HoldQueue {
+    conn: ConnectionManager,
+    keys: [String; 4],
+    script: std::sync::Arc<Script>,
+}
+
+/// Why a job could not be queued.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The job could not be encoded.
+    #[error("encoding the job: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// Redis refused or is unreachable.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl HoldQueue {
+    /// The hold queue on a Redis connection.
+    pub fn new(conn: ConnectionManager, config: &Config) -> Self {
+        let c = apalis_config(config);
+        Self {
+            conn,
+            keys: [
+                c.job_data_hash(),
+                c.active_jobs_list(),
+                c.signal_list(),
+                c.job_meta_hash(),
+            ],
+            script: std::sync::Arc::new(Script::new(PUSH_LUA)),
+        }
+    }
+
+    /// The apalis task id of a request's job.
+    pub fn task_id(request_id: Uuid) -> String {
+        ulid::Ulid::from(request_id.as_u128()).to_string()
+    }
+
+    /// Appends `job` to the ready list in one round trip; `false` when that request's job
+    /// was already queued.
+    pub async fn push(&self, job: HoldJob) -> Result<bool, PushError> {
+        let data = serde_json::to_vec(&job)?;
+        let mut inv = self.script.prepare_invoke();
+        for k in &self.keys {
+            inv.key(k);
+        }
+        inv.arg(Self::task_id(job.request_id))
+            .arg(data)
+            .arg(MAX_ATTEMPTS);
+        let added: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(added == 1)
+    }
+}
+
+// Retries that apalis schedules land in the same ZSET; should many be due at once (a long
+// PostgreSQL outage fails the whole backlog into retries), the same `unpack` limit would end
+// the workers again. Workers therefore move due scheduled jobs to the ready list themselves,
+// in chunks, every second and before a worker (re)starts.
+const PROMOTE_LUA: &str = r"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #ids == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], unpack(ids))
+redis.call('ZREM', KEYS[1], unpack(ids))
+redis.call('DEL', KEYS[3])
+redis.call('LPUSH', KEYS[3], 1)
+return #ids
+";
+
+/// Moves every due job of the scheduled ZSET to the ready list, at most `chunk` (≤ 5,000)
+/// per round trip; returns how many moved.
+pub async fn promote_due(
+    conn: &mut ConnectionManager,
+    config: &Config,
+    chunk: usize,
+) -> redis::RedisResult<u64> {
+    let c = apalis_config(config);
+    let chunk = chunk.clamp(1, 5000);
+    let script = Script::new(PROMOTE_LUA);
+    let mut total = 0;
+    loop {
+        let now = Utc::now().timestamp();
+        let moved: u64 = script
+            .key(c.scheduled_jobs_set())
+            .key(c.active_jobs_list())
+            .key(c.signal_list())
+            .arg(now)
+            .arg(chunk)
+            .invoke_async(conn)
+            .await?;
+        total += moved;
+        if moved < chunk as u64 {
+            return Ok(total);
+        }
+    }
 }
 
 /// Jobs of the hold queue by state.

@@ -30,7 +30,7 @@ use axum::{
     response::Response,
 };
 use slotq_common::{
-    config::Config, fast_path::FastPath, metrics::Metrics, queue::HoldStorage, shutdown::Shutdown,
+    config::Config, fast_path::FastPath, metrics::Metrics, queue::HoldQueue, shutdown::Shutdown,
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -51,7 +51,7 @@ pub struct AppState {
     /// Status cache, idempotency, availability.
     pub fast: FastPath,
     /// The hold queue.
-    pub queue: HoldStorage,
+    pub queue: HoldQueue,
     /// Cached validation look-ups.
     pub lookup: lookup::Lookup,
     /// Decided request ids announced by the workers.
@@ -86,7 +86,7 @@ impl AppState {
             .await
             .context("connecting to Redis")?;
         let fast = FastPath::new(redis.clone(), &config.redis_namespace);
-        let queue = slotq_common::queue::hold_storage(redis.clone(), &config);
+        let queue = HoldQueue::new(redis.clone(), &config);
         let pii = match &config.pii {
             Some(keys) => keys.clone(),
             None => {

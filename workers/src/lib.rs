@@ -48,8 +48,9 @@ async fn handle(job: HoldJob, batcher: Data<Batcher>) -> Result<(), BoxDynError>
     .await
 }
 
-/// Exports the hold queue's depth from the workers too (every second), so alerts and
-/// autoscalers reading `/metrics` still see the queue when ingress is down or scaled to zero.
+/// Every second: moves due retries to the ready list in chunks (`queue::promote_due`), and
+/// exports the hold queue's depth from the workers too, so alerts and autoscalers reading
+/// `/metrics` still see the queue when ingress is down or scaled to zero.
 fn spawn_depth_refresher(
     mut redis: redis::aio::ConnectionManager,
     config: Arc<Config>,
@@ -63,6 +64,9 @@ fn spawn_depth_refresher(
             tokio::select! {
                 _ = tick.tick() => {}
                 () = shutdown.clone().wait() => return,
+            }
+            if let Err(e) = slotq_common::queue::promote_due(&mut redis, &config, 1000).await {
+                tracing::debug!(error = %e, "could not promote due retries");
             }
             match slotq_common::queue::depth(&mut redis, &config).await {
                 Ok(d) => metrics.observe_queue(&d),
@@ -84,6 +88,62 @@ pub fn worker_name() -> String {
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     )
+}
+
+/// Runs apalis workers until `shutdown`, one at a time, each under a fresh unique name.
+///
+/// apalis ends a worker for good on the first failed fetch (a Redis restart, a refused
+/// script): the process would then sit idle while the queue grows. So a failed worker is
+/// replaced after a backoff (0.5 s doubling to 30 s). The replacement gets a new name: the
+/// failed one's claimed jobs are orphans that heartbeat recovery re-enqueues, and any of them
+/// already decided get their recorded decision back.
+async fn supervise(
+    config: &Arc<Config>,
+    redis: &redis::aio::ConnectionManager,
+    batcher: Batcher,
+    metrics: &Arc<Metrics>,
+    shutdown: &Shutdown,
+    first_name: String,
+) {
+    let mut name = first_name;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let started = std::time::Instant::now();
+        if let Err(e) = slotq_common::queue::promote_due(&mut redis.clone(), config, 1000).await {
+            tracing::warn!(error = %e, "could not promote due retries");
+        }
+        let storage = slotq_common::queue::hold_storage(redis.clone(), config);
+        let worker = WorkerBuilder::new(name.clone())
+            .backend(storage.poll_with_interval(Duration::from_millis(5)))
+            .concurrency(config.worker_concurrency)
+            .data(batcher.clone())
+            .build(handle);
+        let (stop, m) = (shutdown.clone(), metrics.clone());
+        let result = worker
+            .run_until(async move {
+                stop.wait().await;
+                m.shutting_down.set(1);
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
+        if shutdown.is_stopping() {
+            return;
+        }
+        match result {
+            Ok(()) => tracing::error!(worker = %name, "worker stopped by itself; starting another"),
+            Err(e) => tracing::error!(worker = %name, error = %e, "worker failed; starting another"),
+        }
+        metrics.worker_restarts.inc();
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_millis(500);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.clone().wait() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+        name = worker_name();
+    }
 }
 
 /// Runs the worker pool until `shutdown`; then stops fetching, lets claimed jobs finish their
@@ -121,26 +181,12 @@ pub async fn run(
         metrics: metrics.clone(),
         config: config.clone(),
     });
-    let storage = slotq_common::queue::hold_storage(redis, &config);
     let name = worker_name();
     let outbound = outbound::start(&config, metrics.clone(), shutdown.clone(), &name)
         .await
         .context("starting the outbox relay and the webhook dispatcher")?;
     tracing::info!(worker = %name, concurrency = config.worker_concurrency, batch_max = config.batch_max, "slotq-workers started");
-    let worker = WorkerBuilder::new(name)
-        .backend(storage.poll_with_interval(Duration::from_millis(5)))
-        .concurrency(config.worker_concurrency)
-        .data(batcher)
-        .build(handle);
-    let stop = shutdown.clone();
-    worker
-        .run_until(async move {
-            stop.wait().await;
-            metrics.shutting_down.set(1);
-            Ok::<(), std::io::Error>(())
-        })
-        .await
-        .context("worker pool failed")?;
+    supervise(&config, &redis, batcher, &metrics, &shutdown, name).await;
     // The worker (and with it every Batcher clone) is gone: committers drain and stop.
     for c in committers {
         let _ = c.await;

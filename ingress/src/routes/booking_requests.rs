@@ -2,7 +2,6 @@
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use apalis::prelude::TaskSink;
 use axum::{
     Json,
     extract::State,
