@@ -65,7 +65,8 @@ pub fn verify(
     if sigs.is_empty() {
         return Err(SignatureError::Malformed);
     }
-    if (now - t).abs() > tolerance_secs {
+    // `abs_diff`: `now - t` overflows for timestamps near i64::MIN / i64::MAX.
+    if now.abs_diff(t) > u64::try_from(tolerance_secs).unwrap_or(0) {
         return Err(SignatureError::Stale);
     }
     let expected = mac(secret, t, body);
@@ -120,6 +121,38 @@ mod tests {
             verify(Some("t=1000"), b"s3cret", body, 1_000, 300),
             Err(SignatureError::Malformed)
         );
+    }
+
+    #[test]
+    fn extreme_timestamps_are_stale_not_an_overflow() {
+        let body = b"x";
+        for t in [i64::MIN, i64::MIN + 1, i64::MAX, -1_000_000] {
+            let header = sign(b"s", t, body);
+            for now in [0, 1_000, i64::MAX, i64::MIN] {
+                if now.abs_diff(t) <= 300 {
+                    continue;
+                }
+                assert_eq!(
+                    verify(Some(&header), b"s", body, now, 300),
+                    Err(SignatureError::Stale),
+                    "t={t} now={now}"
+                );
+            }
+            assert_eq!(
+                verify(
+                    Some(&format!("t={t},v1=00")),
+                    b"s",
+                    body,
+                    1_700_000_000,
+                    300
+                ),
+                Err(SignatureError::Stale)
+            );
+        }
+        // Exactly at the edge of the window still counts as fresh.
+        let header = sign(b"s", 1_000, body);
+        assert_eq!(verify(Some(&header), b"s", body, 1_300, 300), Ok(()));
+        assert_eq!(verify(Some(&header), b"s", body, 700, 300), Ok(()));
     }
 
     #[test]

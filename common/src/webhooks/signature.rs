@@ -111,7 +111,8 @@ impl Secret {
         if id.is_empty() {
             return Err(SignatureError::Malformed);
         }
-        if (now - t).abs() > tolerance_secs {
+        // `abs_diff`: `now - t` overflows for timestamps near i64::MIN / i64::MAX.
+        if now.abs_diff(t) > u64::try_from(tolerance_secs).unwrap_or(0) {
             return Err(SignatureError::Stale);
         }
         let expected = self.mac(id, t, body);
@@ -181,6 +182,29 @@ mod tests {
         assert_eq!(
             secret.verify("evt", "soon", &sig, b"{}", 1_000, 300),
             Err(SignatureError::Malformed)
+        );
+    }
+
+    #[test]
+    fn extreme_timestamps_are_stale_not_an_overflow() {
+        let secret = Secret::generate().expect("random");
+        for t in [i64::MIN, i64::MIN + 1, i64::MAX] {
+            let sig = secret.sign("evt", t, b"{}");
+            for now in [0, 1_700_000_000, i64::MIN, i64::MAX] {
+                if now.abs_diff(t) <= 300 {
+                    continue;
+                }
+                assert_eq!(
+                    secret.verify("evt", &t.to_string(), &sig, b"{}", now, 300),
+                    Err(SignatureError::Stale),
+                    "t={t} now={now}"
+                );
+            }
+        }
+        let sig = secret.sign("evt", 1_000, b"{}");
+        assert_eq!(
+            secret.verify("evt", "1000", &sig, b"{}", 1_300, 300),
+            Ok(())
         );
     }
 

@@ -63,7 +63,7 @@ async fn handle(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<&'stat
         secret.as_bytes(),
         body,
         now,
-        s.config.payment_webhook_tolerance.as_secs() as i64,
+        i64::try_from(s.config.payment_webhook_tolerance.as_secs()).unwrap_or(i64::MAX),
     )
     .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
 
