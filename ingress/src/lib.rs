@@ -35,6 +35,7 @@ use slotq_common::{
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower_http::{
+    catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     trace::TraceLayer,
 };
@@ -159,12 +160,22 @@ impl AppState {
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
+    layered(routes::router(), state)
+}
+
+/// The middleware stack of [`app`] around `routes` (tests put routes of their own in it).
+pub fn layered(routes: Router<AppState>, state: AppState) -> Router {
     let request_id = axum::http::HeaderName::from_static("x-request-id");
-    routes::router()
+    routes
+        // A panicking handler answers 500 problem+json (metrics and trace see it) instead of
+        // dropping the connection.
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
         .layer(middleware::from_fn_with_state(state.clone(), time_limit))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        // The same for a panic in the middleware above.
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request| {
                 let id = req.extensions().get::<RequestId>().and_then(|r| r.header_value().to_str().ok()).unwrap_or("-");
@@ -174,6 +185,18 @@ pub fn app(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// A panic, as a 500 problem; the message is logged (in the request's span), not returned.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    axum::response::IntoResponse::into_response(error::ApiError::Internal(anyhow::anyhow!(
+        "a request handler panicked: {message}"
+    )))
 }
 
 /// Counts and times every request by route template (not raw path: ids would explode the

@@ -27,6 +27,118 @@ async fn send(req: reqwest::RequestBuilder) -> (u16, String, Value) {
     (status, ct, res.json().await.unwrap_or(Value::Null))
 }
 
+/// A held booking: (request id, booking id).
+async fn held(app: &TestApp, patient: Uuid, practitioner: Uuid, days: i64) -> (Uuid, Uuid) {
+    let (s, r) = app.submit(patient, practitioner, slot(days, 600)).await;
+    assert_eq!(s, 202, "{r}");
+    let v = app.decision(id_of(&r), Duration::from_secs(20)).await;
+    assert_eq!(v["status"], "held", "{v}");
+    (
+        id_of(&r),
+        v["booking_id"].as_str().unwrap().parse().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_poll_wait_is_capped_not_a_panic() {
+    let app = spawn(Options::default()).await;
+    let fx = app.fixture().await;
+    let (request, _) = held(&app, fx.patient_id, fx.practitioner_id, 3).await;
+    for wait in [
+        "1e20",
+        "1e300",
+        "1.7976931348623157e308",
+        "18446744073709551616",
+    ] {
+        let (s, ct, v) = send(app.http.get(format!(
+            "{}/v1/booking-requests/{request}?wait={wait}",
+            app.base
+        )))
+        .await;
+        assert_eq!(
+            (s, ct.as_str()),
+            (200, "application/json"),
+            "wait={wait}: {v}"
+        );
+        assert_eq!(v["status"], "held");
+    }
+    // Not numbers of seconds at all: still 400.
+    for wait in ["inf", "NaN", "-1e20"] {
+        let (s, ct, _) = send(app.http.get(format!(
+            "{}/v1/booking-requests/{request}?wait={wait}",
+            app.base
+        )))
+        .await;
+        assert_eq!(
+            (s, ct.as_str()),
+            (400, "application/problem+json"),
+            "{wait}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_answers_500_problem_json_and_the_server_keeps_serving() {
+    let app = spawn(Options {
+        workers: false,
+        scheduler: false,
+        ..Options::default()
+    })
+    .await;
+    // The ingress middleware stack around a route that panics.
+    let (trigger, stop) = slotq_common::shutdown::channel();
+    let state = slotq_ingress::AppState::connect(app.config.clone(), stop)
+        .await
+        .unwrap();
+    async fn boom() -> &'static str {
+        panic!("boom")
+    }
+    async fn owned_boom() -> &'static str {
+        panic!("{}", String::from("owned boom"))
+    }
+    let routes = Router::new()
+        .route("/boom", get(boom))
+        .route("/v1/boom", get(owned_boom))
+        .route("/fine", get(|| async { "fine" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server =
+        tokio::spawn(
+            async move { axum::serve(listener, slotq_ingress::layered(routes, state)).await },
+        );
+    // One connection for all requests: a panic must not close it.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let token = app.token(Role::Service, "test-service", None, None);
+    for path in ["/boom", "/v1/boom"] {
+        let (s, ct, body) =
+            send(http.get(format!("http://{addr}{path}")).bearer_auth(&token)).await;
+        assert_eq!(
+            (s, ct.as_str()),
+            (500, "application/problem+json"),
+            "{body}"
+        );
+        assert_eq!(body["status"], 500);
+        assert!(
+            !body["detail"].as_str().unwrap().contains("boom"),
+            "the panic message is logged, not returned: {body}"
+        );
+    }
+    let res = http
+        .get(format!("http://{addr}/fine"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "fine");
+    trigger.fire();
+    server.abort();
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payment_signatures_with_extreme_timestamps_are_401() {
     let app = spawn(Options {

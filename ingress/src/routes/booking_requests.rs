@@ -282,8 +282,9 @@ pub async fn poll(
 ) -> Result<impl IntoResponse, ApiError> {
     let wait = match q.wait {
         None => Duration::ZERO,
+        // Capped before the conversion: `from_secs_f64` panics on values beyond `Duration`.
         Some(w) if w.is_finite() && w >= 0.0 => {
-            Duration::from_secs_f64(w).min(s.config.max_poll_wait)
+            Duration::from_secs_f64(w.min(s.config.max_poll_wait.as_secs_f64()))
         }
         Some(_) => {
             return Err(ApiError::BadRequest(
