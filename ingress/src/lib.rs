@@ -172,6 +172,7 @@ pub fn layered(routes: Router<AppState>, state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
         .layer(middleware::from_fn_with_state(state.clone(), time_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), declared_length))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         // The same for a panic in the middleware above.
@@ -197,6 +198,22 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
     axum::response::IntoResponse::into_response(error::ApiError::Internal(anyhow::anyhow!(
         "a request handler panicked: {message}"
     )))
+}
+
+/// 413 at once when the declared `Content-Length` exceeds `MAX_BODY_BYTES`: without it the
+/// body limit only trips on bytes that arrive, and a client declaring more than it sends
+/// holds the request until the time limit. Chunked bodies keep the streaming limit
+/// ([`DefaultBodyLimit`]).
+async fn declared_length(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.config.max_body_bytes as u64) {
+        return axum::response::IntoResponse::into_response(error::ApiError::PayloadTooLarge);
+    }
+    next.run(req).await
 }
 
 /// Counts and times every request by route template (not raw path: ids would explode the

@@ -176,3 +176,102 @@ async fn payment_signatures_with_extreme_timestamps_are_401() {
     }
     app.stop().await;
 }
+
+/// Writes a raw HTTP/1.1 request and reads what comes back within `within`.
+async fn raw_exchange(app: &TestApp, request: String, within: Duration) -> String {
+    let addr = app.base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => {
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got);
+                // Enough once the headers and the (short) problem body are in.
+                if let Some((head, body)) = text.split_once("\r\n\r\n")
+                    && head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(str::to_owned)
+                        })
+                        .and_then(|n| n.trim().parse::<usize>().ok())
+                        .is_some_and(|n| body.len() >= n)
+                {
+                    break;
+                }
+            }
+            Ok(Err(_)) => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_content_length_over_the_limit_is_413_at_once() {
+    let app = spawn(Options {
+        workers: false,
+        scheduler: false,
+        // Far beyond what the test waits: only an answer before the body arrives passes.
+        env: vec![("REQUEST_TIMEOUT_SECS", "30".into())],
+    })
+    .await;
+    let token = app.token(Role::Service, "test-service", None, None);
+    for (path, auth) in [
+        (
+            "/v1/booking-requests",
+            format!("Authorization: Bearer {token}\r\n"),
+        ),
+        ("/v1/payments/webhook", String::new()),
+    ] {
+        let started = std::time::Instant::now();
+        let answer = raw_exchange(
+            &app,
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{{}}"
+            ),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer:?}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("content-type: application/problem+json"),
+            "{answer}"
+        );
+        assert!(answer.contains(r#""status":413"#), "{answer}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    // Within the limit, the body is read and judged on its own.
+    let body = format!(
+        r#"{{"name": "{}", "country_code": "FR", "timezone": "UTC"}}"#,
+        "x".repeat(100)
+    );
+    let (s, _, v) = send(
+        app.http
+            .post(format!("{}/v1/clinics", app.base))
+            .header("content-type", "application/json")
+            .body(body),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    // A chunked body (no declared length) over the limit still meets the streaming limit.
+    let chunk = format!("2000\r\n{}\r\n", " ".repeat(0x2000));
+    let answer = raw_exchange(
+        &app,
+        format!(
+            "POST /v1/booking-requests HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{}0\r\n\r\n",
+            chunk.repeat(9)
+        ),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    app.stop().await;
+}
