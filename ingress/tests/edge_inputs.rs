@@ -177,6 +177,50 @@ async fn payment_signatures_with_extreme_timestamps_are_401() {
     app.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_assigned_iso_country_codes_are_accepted() {
+    let app = spawn(Options {
+        workers: false,
+        scheduler: false,
+        ..Options::default()
+    })
+    .await;
+    for bad in ["ZZ", "XX", "UK", "EU", "XK", "AA", "uk"] {
+        let (s, v) = app
+            .post(
+                "/v1/clinics",
+                &json!({"name": "C", "country_code": bad, "timezone": "UTC"}),
+            )
+            .await;
+        assert_eq!(s, 422, "{bad}: {v}");
+        assert_eq!(v["errors"][0]["field"], "country_code", "{v}");
+        assert_eq!(
+            v["errors"][0]["detail"], "must be a two-letter ISO 3166-1 country code",
+            "{v}"
+        );
+        let (s, v) = app
+            .post(
+                "/v1/patients",
+                &json!({"name": "P", "email": format!("{}@example.test", Uuid::new_v4().simple()), "country_code": bad}),
+            )
+            .await;
+        assert_eq!(s, 422, "{bad}: {v}");
+        let (s, v) = app.get(&format!("/v1/slots?country={bad}")).await;
+        assert_eq!(s, 422, "{bad}: {v}");
+    }
+    for good in ["GB", "de", "SS", "AX"] {
+        let (s, v) = app
+            .post(
+                "/v1/clinics",
+                &json!({"name": "C", "country_code": good, "timezone": "UTC"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{good}: {v}");
+        assert_eq!(v["country_code"], good.to_ascii_uppercase(), "{v}");
+    }
+    app.stop().await;
+}
+
 /// Writes a raw HTTP/1.1 request and reads what comes back within `within`.
 async fn raw_exchange(app: &TestApp, request: String, within: Duration) -> String {
     let addr = app.base.trim_start_matches("http://");

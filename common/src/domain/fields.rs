@@ -19,10 +19,32 @@ pub fn name(raw: &str, max: usize) -> Result<String, String> {
     Ok(v.to_owned())
 }
 
-/// An ISO 3166-1 alpha-2 country code, upper-cased.
+/// The officially assigned ISO 3166-1 alpha-2 codes (249, as of ISO/TC 46 N1108, 2023-04-05),
+/// sorted. Reserved codes (`UK`, `EU`, `UN`, …) and user-assigned ones (`XK`, `ZZ`, …) are
+/// not in it.
+pub const ISO_3166_ALPHA2: [&str; 249] = [
+    "AD", "AE", "AF", "AG", "AI", "AL", "AM", "AO", "AQ", "AR", "AS", "AT", "AU", "AW", "AX", "AZ",
+    "BA", "BB", "BD", "BE", "BF", "BG", "BH", "BI", "BJ", "BL", "BM", "BN", "BO", "BQ", "BR", "BS",
+    "BT", "BV", "BW", "BY", "BZ", "CA", "CC", "CD", "CF", "CG", "CH", "CI", "CK", "CL", "CM", "CN",
+    "CO", "CR", "CU", "CV", "CW", "CX", "CY", "CZ", "DE", "DJ", "DK", "DM", "DO", "DZ", "EC", "EE",
+    "EG", "EH", "ER", "ES", "ET", "FI", "FJ", "FK", "FM", "FO", "FR", "GA", "GB", "GD", "GE", "GF",
+    "GG", "GH", "GI", "GL", "GM", "GN", "GP", "GQ", "GR", "GS", "GT", "GU", "GW", "GY", "HK", "HM",
+    "HN", "HR", "HT", "HU", "ID", "IE", "IL", "IM", "IN", "IO", "IQ", "IR", "IS", "IT", "JE", "JM",
+    "JO", "JP", "KE", "KG", "KH", "KI", "KM", "KN", "KP", "KR", "KW", "KY", "KZ", "LA", "LB", "LC",
+    "LI", "LK", "LR", "LS", "LT", "LU", "LV", "LY", "MA", "MC", "MD", "ME", "MF", "MG", "MH", "MK",
+    "ML", "MM", "MN", "MO", "MP", "MQ", "MR", "MS", "MT", "MU", "MV", "MW", "MX", "MY", "MZ", "NA",
+    "NC", "NE", "NF", "NG", "NI", "NL", "NO", "NP", "NR", "NU", "NZ", "OM", "PA", "PE", "PF", "PG",
+    "PH", "PK", "PL", "PM", "PN", "PR", "PS", "PT", "PW", "PY", "QA", "RE", "RO", "RS", "RU", "RW",
+    "SA", "SB", "SC", "SD", "SE", "SG", "SH", "SI", "SJ", "SK", "SL", "SM", "SN", "SO", "SR", "SS",
+    "ST", "SV", "SX", "SY", "SZ", "TC", "TD", "TF", "TG", "TH", "TJ", "TK", "TL", "TM", "TN", "TO",
+    "TR", "TT", "TV", "TW", "TZ", "UA", "UG", "UM", "US", "UY", "UZ", "VA", "VC", "VE", "VG", "VI",
+    "VN", "VU", "WF", "WS", "YE", "YT", "ZA", "ZM", "ZW",
+];
+
+/// An officially assigned ISO 3166-1 alpha-2 country code, upper-cased.
 pub fn country_code(raw: &str) -> Result<String, String> {
     let v = raw.trim().to_ascii_uppercase();
-    if v.len() == 2 && v.bytes().all(|b| b.is_ascii_uppercase()) {
+    if ISO_3166_ALPHA2.binary_search(&v.as_str()).is_ok() {
         Ok(v)
     } else {
         Err("must be a two-letter ISO 3166-1 country code".into())
@@ -90,6 +112,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_country_list_is_sorted_unique_and_two_upper_case_letters() {
+        assert!(ISO_3166_ALPHA2.windows(2).all(|w| w[0] < w[1]));
+        assert!(
+            ISO_3166_ALPHA2
+                .iter()
+                .all(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase()))
+        );
+        for code in ["FR", "US", "DE", "GB", "SS", "CW", "SX", "BQ", "AX", "ZW"] {
+            assert!(ISO_3166_ALPHA2.contains(&code), "{code}");
+        }
+    }
+
+    #[test]
     fn fields_accept_good_and_refuse_bad_values() {
         assert_eq!(name("  Dr. Ada  ", 10), Ok("Dr. Ada".into()));
         assert!(name("   ", 10).is_err());
@@ -97,6 +132,10 @@ mod tests {
         assert_eq!(country_code("fr"), Ok("FR".into()));
         assert!(country_code("FRA").is_err());
         assert!(country_code("F1").is_err());
+        assert_eq!(country_code(" gb "), Ok("GB".into()));
+        for bad in ["ZZ", "XX", "UK", "EU", "XK", "AA", "", "É"] {
+            assert!(country_code(bad).is_err(), "{bad}");
+        }
         assert!(timezone("Europe/Paris").is_ok());
         assert!(timezone("Mars/Olympus").is_err());
         assert!(email("a@b.example").is_ok());
