@@ -319,3 +319,55 @@ async fn a_declared_content_length_over_the_limit_is_413_at_once() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_search_window_in_the_past_is_valid_and_empty() {
+    let app = spawn(Options {
+        workers: false,
+        scheduler: false,
+        ..Options::default()
+    })
+    .await;
+    let fx = app.fixture().await;
+    let day = |days: i64| {
+        (chrono::Utc::now() + chrono::Duration::days(days))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let (s, v) = app
+        .get(&format!("/v1/slots?from={}&to={}", day(-30), day(-26)))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["items"], json!([]), "{v}");
+    assert_eq!(v["next_cursor"], Value::Null, "{v}");
+    // Ending just now: nothing either.
+    let (s, v) = app.get(&format!("/v1/slots?from={}", day(-3))).await;
+    assert_eq!(s, 200, "{v}");
+    // A window reaching into the future is clamped to now and finds future slots.
+    let (s, v) = app
+        .get(&format!(
+            "/v1/slots?clinic_id={}&from={}&to={}",
+            fx.clinic_id,
+            day(-2),
+            day(2)
+        ))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let items = v["items"].as_array().unwrap();
+    assert!(!items.is_empty(), "{v}");
+    let now = chrono::Utc::now();
+    for i in items {
+        let start: chrono::DateTime<chrono::Utc> = i["start"].as_str().unwrap().parse().unwrap();
+        assert!(start > now - chrono::Duration::seconds(5), "{i}");
+    }
+    // The window itself is still validated as given.
+    for bad in [
+        format!("from={}&to={}", day(-26), day(-30)),
+        format!("from={}&to={}", day(-90), day(-30)),
+    ] {
+        let (s, v) = app.get(&format!("/v1/slots?{bad}")).await;
+        assert_eq!(s, 422, "{bad}: {v}");
+        assert_eq!(v["errors"][0]["field"], "to", "{v}");
+    }
+    app.stop().await;
+}

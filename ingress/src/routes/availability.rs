@@ -183,10 +183,11 @@ pub async fn search(
     authorize(&caller, Action::ReadDirectory)?;
     let now = Utc::now();
     let mut f = Fields::default();
+    // The window is validated as given, then clamped to the future: a window wholly in the
+    // past is valid and has no free slots.
     let from = f
         .optional("from", q.from.as_deref(), parse_instant)
-        .unwrap_or(now)
-        .max(now);
+        .unwrap_or(now);
     let to = f
         .optional("to", q.to.as_deref(), parse_instant)
         .unwrap_or(from + Duration::days(7));
@@ -214,6 +215,7 @@ pub async fn search(
         slotq_common::domain::fields::country_code,
     );
     f.finish()?;
+    let from = from.max(now);
     let practitioners = directory::search_practitioners(
         &s.pool,
         q.specialty.as_deref(),
