@@ -371,3 +371,54 @@ async fn a_slot_search_window_in_the_past_is_valid_and_empty() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_changes_refuse_a_body_that_is_not_json() {
+    let app = spawn(Options::default()).await;
+    let fx = app.fixture().await;
+    let (_, booking) = held(&app, fx.patient_id, fx.practitioner_id, 3).await;
+    for action in ["cancel", "complete", "no-show"] {
+        for ct in [
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            None,
+        ] {
+            let mut req = app
+                .http
+                .post(format!("{}/v1/bookings/{booking}/{action}", app.base))
+                .body(r#"{"reason": "because"}"#);
+            if let Some(ct) = ct {
+                req = req.header("content-type", ct);
+            }
+            let (s, got, v) = send(req).await;
+            assert_eq!(
+                (s, got.as_str()),
+                (415, "application/problem+json"),
+                "{action} {ct:?}: {v}"
+            );
+        }
+    }
+    let (_, b) = app.get(&format!("/v1/bookings/{booking}")).await;
+    assert_eq!(b["status"], "held", "nothing changed: {b}");
+    // An empty body needs no content type; a JSON one may carry parameters.
+    let (s, _, v) = send(
+        app.http
+            .post(format!("{}/v1/bookings/{booking}/cancel", app.base))
+            .header("content-type", "text/plain")
+            .body(""),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "cancelled");
+    let (_, other) = held(&app, fx.patient_id, fx.practitioner_id, 4).await;
+    let (s, _, v) = send(
+        app.http
+            .post(format!("{}/v1/bookings/{other}/cancel", app.base))
+            .header("content-type", "application/json; charset=utf-8")
+            .body(r#"{"reason": "changed my mind"}"#),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["cancel_reason"], "changed my mind", "{v}");
+    app.stop().await;
+}

@@ -89,9 +89,36 @@ pub struct ChangeBody {
     reason: Option<String>,
 }
 
-fn parse_optional_body(body: &[u8]) -> Result<ChangeBody, ApiError> {
+/// Whether `Content-Type` is JSON (`application/json` or `application/*+json`), as
+/// `axum::Json` requires.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json"))
+}
+
+/// No body (or only white space) is fine; a body must be JSON, like every other JSON body.
+fn parse_optional_body(headers: &HeaderMap, body: &[u8]) -> Result<ChangeBody, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(ChangeBody::default());
+    }
+    if !is_json(headers) {
+        return Err(ApiError::UnsupportedMediaType(
+            "expected Content-Type: application/json".into(),
+        ));
     }
     serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => {
@@ -123,6 +150,7 @@ async fn change(
     id: Uuid,
     event: BookingEvent,
     trace: Option<axum::Extension<RequestId>>,
+    headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Json<Booking>, ApiError> {
     let access = if event == BookingEvent::Cancel {
@@ -131,7 +159,7 @@ async fn change(
         Access::Outcome
     };
     load(s, caller, id, access).await?;
-    let body = parse_optional_body(body)?;
+    let body = parse_optional_body(headers, body)?;
     let reason = match body
         .reason
         .as_deref()
@@ -154,9 +182,19 @@ pub async fn cancel(
     Caller(caller): Caller,
     IdPath(id): IdPath,
     trace: Option<axum::Extension<RequestId>>,
+    headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<impl IntoResponse, ApiError> {
-    change(&s, &caller, id, BookingEvent::Cancel, trace, &body).await
+    change(
+        &s,
+        &caller,
+        id,
+        BookingEvent::Cancel,
+        trace,
+        &headers,
+        &body,
+    )
+    .await
 }
 
 /// `POST /v1/bookings/{id}/complete`: the visit took place (confirmed, after its start).
@@ -166,9 +204,19 @@ pub async fn complete(
     Caller(caller): Caller,
     IdPath(id): IdPath,
     trace: Option<axum::Extension<RequestId>>,
+    headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<impl IntoResponse, ApiError> {
-    change(&s, &caller, id, BookingEvent::Complete, trace, &body).await
+    change(
+        &s,
+        &caller,
+        id,
+        BookingEvent::Complete,
+        trace,
+        &headers,
+        &body,
+    )
+    .await
 }
 
 /// `POST /v1/bookings/{id}/no-show`: the patient did not come (confirmed, after its start).
@@ -178,9 +226,19 @@ pub async fn no_show(
     Caller(caller): Caller,
     IdPath(id): IdPath,
     trace: Option<axum::Extension<RequestId>>,
+    headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<impl IntoResponse, ApiError> {
-    change(&s, &caller, id, BookingEvent::NoShow, trace, &body).await
+    change(
+        &s,
+        &caller,
+        id,
+        BookingEvent::NoShow,
+        trace,
+        &headers,
+        &body,
+    )
+    .await
 }
 
 /// `POST /v1/bookings/{id}/reschedule` body.
