@@ -71,6 +71,11 @@ pub async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> R
     let principal = match s.verifier.verify_header(header).await {
         Ok(p) => p,
         Err(e) => {
+            // RFC 6750 §3: a bad token gets `error="invalid_token"`; no token, just the scheme.
+            let challenge = match e {
+                AuthError::Invalid(_) => r#"Bearer error="invalid_token""#,
+                AuthError::Missing | AuthError::NotConfigured => "Bearer",
+            };
             let detail = match e {
                 AuthError::NotConfigured => {
                     "authentication is not configured (set JWT_HS256_SECRET or JWT_JWKS)".to_owned()
@@ -79,7 +84,7 @@ pub async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> R
             };
             let mut res = ApiError::Unauthorized(detail).into_response();
             res.headers_mut()
-                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+                .insert("www-authenticate", HeaderValue::from_static(challenge));
             return res;
         }
     };

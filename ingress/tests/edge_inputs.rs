@@ -422,3 +422,71 @@ async fn status_changes_refuse_a_body_that_is_not_json() {
     assert_eq!(v["cancel_reason"], "changed my mind", "{v}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_booking_is_named_with_the_right_article() {
+    let app = spawn(Options {
+        env: vec![("HOLD_TTL_SECS", "1".into())],
+        ..Options::default()
+    })
+    .await;
+    let fx = app.fixture().await;
+    let (request, booking) = held(&app, fx.patient_id, fx.practitioner_id, 3).await;
+    app.wait_for_status(request, "expired", Duration::from_secs(10))
+        .await;
+    let (s, v) = app
+        .post(
+            &format!("/v1/bookings/{booking}/reschedule"),
+            &json!({"slot_start": slot(3, 660).to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let detail = v["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("an expired booking cannot be rescheduled"),
+        "{detail}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_carries_a_bearer_challenge_naming_a_bad_token() {
+    let app = spawn(Options {
+        workers: false,
+        scheduler: false,
+        ..Options::default()
+    })
+    .await;
+    let path = format!("{}/v1/bookings/{}", app.base, Uuid::now_v7());
+    let plain = reqwest::Client::new();
+    let res = plain.get(&path).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()["www-authenticate"], "Bearer");
+    let claims = slotq_common::auth::claims(
+        &app.config.auth,
+        Role::Service,
+        "forger",
+        None,
+        None,
+        Duration::from_secs(60),
+    );
+    let forged = slotq_common::auth::mint_hs256("not-the-secret", &claims).unwrap();
+    for bad in [
+        "Bearer not-a-jwt".to_owned(),
+        "Bearer a.b.c".to_owned(),
+        format!("Bearer {forged}"),
+    ] {
+        let res = plain
+            .get(&path)
+            .header("authorization", &bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+        assert_eq!(
+            res.headers()["www-authenticate"],
+            r#"Bearer error="invalid_token""#
+        );
+    }
+    app.stop().await;
+}

@@ -267,7 +267,11 @@ pub async fn reschedule(
         .apply_at(BookingEvent::Reschedule, booking.slot_start, now)
         .map_err(|t| ApiError::Conflict {
             code: "illegal_transition",
-            detail: format!("a {} booking cannot be rescheduled: {t}", booking.status),
+            detail: format!(
+                "{} {} booking cannot be rescheduled: {t}",
+                article(booking.status.as_str()),
+                booking.status
+            ),
         })?;
     if body.slot_start == booking.slot_start {
         return Err(ApiError::invalid_field(
@@ -311,6 +315,15 @@ pub async fn reschedule(
         [(header::LOCATION, location)],
         Json(view),
     ))
+}
+
+/// "a" or "an" before `word` (by its first letter, enough for the status names).
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
 }
 
 /// Listing parameters.
