@@ -23,9 +23,10 @@ impl Keys {
         format!("{}:req:{id}", self.ns)
     }
 
-    /// Idempotency record of a client key: `<body hash>|<request id>`.
-    pub fn idempotency(&self, key: &str) -> String {
-        format!("{}:idem:{key}", self.ns)
+    /// Idempotency record of a client key, already scoped to its caller with
+    /// [`idempotency_scope`]: `<body hash>|<request id>`.
+    pub fn idempotency(&self, scoped_key: &str) -> String {
+        format!("{}:idem:{scoped_key}", self.ns)
     }
 
     /// Availability bitmap of one practitioner for one UTC day; bit = minute of the day, and
@@ -49,6 +50,18 @@ impl Keys {
     pub fn decided_channel(&self) -> String {
         format!("{}:decided", self.ns)
     }
+}
+
+/// An `Idempotency-Key` scoped to the caller who sent it (role and token subject), as Stripe
+/// scopes keys per account: two callers using the same key never collide, and nobody can probe
+/// another caller's keys. `<role>:<32 hex digits of SHA-256(sub)>:<key>`: hashing the subject
+/// keeps the scope unambiguous whatever characters it contains (`role` has no `:`) and keeps
+/// identifiers out of key names. The same value is recorded in
+/// `booking_requests.idempotency_key`.
+pub fn idempotency_scope(role: &str, sub: &str, key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let sub = Sha256::digest(sub.as_bytes());
+    format!("{role}:{}:{key}", hex::encode(&sub[..16]))
 }
 
 /// The bit marking an availability bitmap as complete (rebuilt from PostgreSQL). A bitmap
@@ -91,6 +104,16 @@ mod tests {
         assert_eq!(k.availability(id, at), format!("t1:avail:{id}:20260504"));
         assert_eq!(availability_bit(at), 570);
         assert!(k.idempotency("abc").starts_with("t1:idem:"));
+        let a = idempotency_scope("patient", "alice", "key-1");
+        assert!(a.starts_with("patient:") && a.ends_with(":key-1"), "{a}");
+        assert_eq!(a, idempotency_scope("patient", "alice", "key-1"));
+        assert_ne!(a, idempotency_scope("patient", "bob", "key-1"));
+        assert_ne!(a, idempotency_scope("service", "alice", "key-1"));
+        // A subject with the separator in it cannot impersonate another scope.
+        assert_ne!(
+            idempotency_scope("service", "a:b", "c"),
+            idempotency_scope("service", "a", "b:c")
+        );
         let mut bitmap = Vec::new();
         set_bit(&mut bitmap, 570);
         set_bit(&mut bitmap, BUILT_BIT);

@@ -32,7 +32,12 @@ pub struct SubmitBody {
     slot_start: DateTime<Utc>,
 }
 
-pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+/// The request's `Idempotency-Key`, scoped to the caller (see
+/// [`slotq_common::redis_keys::idempotency_scope`]).
+pub(crate) fn idempotency_key(
+    headers: &HeaderMap,
+    caller: &Principal,
+) -> Result<Option<String>, ApiError> {
     let Some(raw) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -44,7 +49,62 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
         .ok_or_else(|| {
             ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into())
         })?;
-    Ok(Some(key.to_owned()))
+    Ok(Some(slotq_common::redis_keys::idempotency_scope(
+        caller.role.as_str(),
+        &caller.sub,
+        key,
+    )))
+}
+
+/// Stripe semantics: a key seen before is answered before the request is validated again, so
+/// a retry gets the original request even when the same body would be refused now (the slot
+/// has passed, the hours changed, the booking has moved). `Some(original)` for the same body;
+/// 422 for the same key with another body; `None` for a new key (validate, then
+/// [`enqueue`], whose atomic admission still settles concurrent first uses).
+pub(crate) async fn replay(
+    s: &AppState,
+    key: Option<&str>,
+    hash: &str,
+) -> Result<Option<RequestView>, ApiError> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    let record: Option<String> = redis::cmd("GET")
+        .arg(s.fast.keys().idempotency(key))
+        .query_async(&mut s.redis.clone())
+        .await?;
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    match record
+        .split_once('|')
+        .map(|(h, id)| (h, id.parse::<Uuid>()))
+    {
+        Some((prior, Ok(id))) if prior == hash => {
+            // Without a status (only if it was lost), admission replays it.
+            Ok(current_view(s, id).await?.map(|v| RequestView { id, ..v }))
+        }
+        // Another body, or a corrupt record that cannot be honoured.
+        _ => Err(key_reused()),
+    }
+}
+
+fn key_reused() -> ApiError {
+    ApiError::invalid_field(
+        "Idempotency-Key",
+        "idempotency_key_reused",
+        "this Idempotency-Key was used with a different request body",
+    )
+}
+
+/// `202` with the request's view and its `Location`.
+pub(crate) fn accepted(view: RequestView) -> impl IntoResponse {
+    let location = format!("/v1/booking-requests/{}", view.id);
+    (
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(view),
+    )
 }
 
 /// The request's identity for idempotency: the parsed fields, so formatting does not matter.
@@ -83,12 +143,7 @@ pub async fn submit(
     };
     s.metrics.submissions.with_label_values(&[label]).inc();
     let (view, _) = result?;
-    let location = format!("/v1/booking-requests/{}", view.id);
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        Json(view),
-    ))
+    Ok(accepted(view))
 }
 
 async fn submit_inner(
@@ -98,7 +153,7 @@ async fn submit_inner(
     headers: &HeaderMap,
     body: SubmitBody,
 ) -> Result<(RequestView, bool), ApiError> {
-    let key = idempotency_key(headers)?;
+    let key = idempotency_key(headers, caller)?;
     let now = Utc::now();
     if caller.role == Role::Patient && caller.patient_id != Some(body.patient_id) {
         // Another patient's id is answered like an unknown one: ids cannot be probed.
@@ -118,8 +173,11 @@ async fn submit_inner(
             },
         )?;
     }
-    validate(s, &body, now).await?;
     let hash = body_hash(body.patient_id, body.practitioner_id, body.slot_start, None);
+    if let Some(original) = replay(s, key.as_deref(), &hash).await? {
+        return Ok((original, true));
+    }
+    validate(s, &body, now).await?;
     let request = NewRequest {
         patient_id: body.patient_id,
         practitioner_id: body.practitioner_id,
@@ -191,13 +249,7 @@ pub(crate) async fn enqueue(
                 true,
             ));
         }
-        Admission::Replay { .. } => {
-            return Err(ApiError::invalid_field(
-                "Idempotency-Key",
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different request body",
-            ));
-        }
+        Admission::Replay { .. } => return Err(key_reused()),
         Admission::SlotTaken => {
             return Err(ApiError::Conflict {
                 code: "slot_taken",

@@ -4,7 +4,7 @@
 use axum::{
     Json,
     extract::State,
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, header},
     response::IntoResponse,
 };
 use chrono::{DateTime, NaiveDate, Utc};
@@ -17,7 +17,7 @@ use slotq_common::{
 use tower_http::request_id::RequestId;
 use uuid::Uuid;
 
-use super::booking_requests::{NewRequest, body_hash, enqueue, idempotency_key};
+use super::booking_requests::{NewRequest, accepted, body_hash, enqueue, idempotency_key, replay};
 use crate::{
     AppState,
     auth::{Action, Caller, actor, authorize, clinic_of},
@@ -259,8 +259,18 @@ pub async fn reschedule(
     headers: HeaderMap,
     AppJson(body): AppJson<RescheduleBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let key = idempotency_key(&headers)?;
+    let key = idempotency_key(&headers, &caller)?;
     let booking = load(&s, &caller, id, Access::Change).await?;
+    let hash = body_hash(
+        booking.patient_id,
+        booking.practitioner_id,
+        body.slot_start,
+        Some(id),
+    );
+    // A retry answers like the original, even after the booking has moved (see `replay`).
+    if let Some(original) = replay(&s, key.as_deref(), &hash).await? {
+        return Ok(accepted(original));
+    }
     let now = Utc::now();
     booking
         .status
@@ -296,12 +306,6 @@ pub async fn reschedule(
             problem.to_string(),
         )]));
     }
-    let hash = body_hash(
-        booking.patient_id,
-        booking.practitioner_id,
-        body.slot_start,
-        Some(id),
-    );
     let request = NewRequest {
         patient_id: booking.patient_id,
         practitioner_id: booking.practitioner_id,
@@ -309,12 +313,7 @@ pub async fn reschedule(
         reschedule: Some(id),
     };
     let (view, _) = enqueue(&s, request, key, &hash, trace).await?;
-    let location = format!("/v1/booking-requests/{}", view.id);
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        Json(view),
-    ))
+    Ok(accepted(view))
 }
 
 /// "a" or "an" before `word` (by its first letter, enough for the status names).
