@@ -50,6 +50,16 @@ async fn hours(app: &TestApp, practitioner: Uuid, start: &str, end: &str) {
     assert_eq!(s, 200, "{v}");
 }
 
+/// Drops the cached status, so the next poll reads PostgreSQL.
+async fn forget_cached_status(app: &TestApp, request: Uuid) {
+    let mut conn = app.redis.clone();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{}:req:{request}", app.config.redis_namespace))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_returns_the_original_request_even_when_it_would_no_longer_validate() {
     let app = spawn(Options::default()).await;
@@ -204,5 +214,36 @@ async fn idempotency_keys_are_scoped_to_the_caller() {
         3,
         "{keys:?}"
     );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submitted_at_is_the_same_instant_in_every_view() {
+    let app = spawn(Options::default()).await;
+    let fx = app.fixture().await;
+    for minute in [600, 630, 660] {
+        let (s, accepted) = app
+            .submit(fx.patient_id, fx.practitioner_id, slot(5, minute))
+            .await;
+        assert_eq!(s, 202, "{accepted}");
+        let id = id_of(&accepted);
+        let at = accepted["submitted_at"].as_str().unwrap().to_owned();
+        let parsed: DateTime<Utc> = at.parse().unwrap();
+        assert_eq!(parsed.nanosecond() % 1_000, 0, "microseconds: {at}");
+        let (_, queued) = app.get(&format!("/v1/booking-requests/{id}")).await;
+        let decided = app.decision(id, Duration::from_secs(20)).await;
+        forget_cached_status(&app, id).await;
+        let (_, durable) = app.get(&format!("/v1/booking-requests/{id}")).await;
+        assert!(durable["decided_at"].is_string(), "{durable}");
+        for v in [&queued, &decided, &durable] {
+            assert_eq!(v["submitted_at"], at, "{v}");
+        }
+        // Release the patient for the next slot.
+        let booking = decided["booking_id"].as_str().unwrap();
+        let (s, _) = app
+            .post(&format!("/v1/bookings/{booking}/cancel"), &json!({}))
+            .await;
+        assert_eq!(s, 200);
+    }
     app.stop().await;
 }

@@ -8,7 +8,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::IntoResponse,
 };
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use slotq_common::auth::{Principal, Role};
@@ -228,7 +228,8 @@ pub(crate) async fn enqueue(
         practitioner_id: r.practitioner_id,
         patient_id: r.patient_id,
         slot_start: r.slot_start,
-        submitted_at: Utc::now(),
+        // PostgreSQL keeps microseconds: every view of the request shows the same instant.
+        submitted_at: Utc::now().trunc_subsecs(6),
         decided_at: None,
     };
     match s
