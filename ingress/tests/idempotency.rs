@@ -247,3 +247,54 @@ async fn submitted_at_is_the_same_instant_in_every_view() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_reschedule_still_names_the_booking_it_was_to_move() {
+    // Without the Redis pre-check, the taken slot is found by the worker (a rejection).
+    let app = spawn(Options {
+        env: vec![("PRECHECK", "0".into())],
+        ..Options::default()
+    })
+    .await;
+    let fx = app.fixture().await;
+    let other = app.patient().await;
+    let (_, r1) = app
+        .submit(fx.patient_id, fx.practitioner_id, slot(3, 600))
+        .await;
+    let (_, r2) = app.submit(other, fx.practitioner_id, slot(3, 660)).await;
+    let mine = app.decision(id_of(&r1), Duration::from_secs(20)).await;
+    assert_eq!(
+        app.decision(id_of(&r2), Duration::from_secs(20)).await["status"],
+        "held"
+    );
+    let booking = mine["booking_id"].as_str().unwrap().to_owned();
+
+    let (s, queued) = app
+        .post(
+            &format!("/v1/bookings/{booking}/reschedule"),
+            &json!({"slot_start": slot(3, 660).to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(s, 202, "{queued}");
+    assert_eq!(queued["booking_id"], booking.as_str(), "{queued}");
+    let id = id_of(&queued);
+    let rejected = app.decision(id, Duration::from_secs(20)).await;
+    assert_eq!(rejected["status"], "rejected", "{rejected}");
+    assert_eq!(rejected["reason"], "slot_taken", "{rejected}");
+    assert_eq!(rejected["booking_id"], booking.as_str(), "{rejected}");
+    assert!(rejected.get("hold_expires_at").is_none(), "{rejected}");
+    // The same from PostgreSQL.
+    forget_cached_status(&app, id).await;
+    let (_, durable) = app.get(&format!("/v1/booking-requests/{id}")).await;
+    assert_eq!(durable["status"], "rejected", "{durable}");
+    assert_eq!(durable["booking_id"], booking.as_str(), "{durable}");
+    assert!(durable.get("hold_expires_at").is_none(), "{durable}");
+    // A rejected plain booking still has none.
+    let (_, r3) = app
+        .submit(app.patient().await, fx.practitioner_id, slot(3, 660))
+        .await;
+    let lost = app.decision(id_of(&r3), Duration::from_secs(20)).await;
+    assert_eq!(lost["status"], "rejected", "{lost}");
+    assert!(lost.get("booking_id").is_none(), "{lost}");
+    app.stop().await;
+}

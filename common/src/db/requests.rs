@@ -18,7 +18,8 @@ pub struct RequestView {
     /// `book` (a new hold) or `reschedule` (moving `booking_id` to `slot_start`).
     #[serde(default = "book")]
     pub kind: String,
-    /// The booking, once held.
+    /// The booking, once held; for a reschedule, the booking being moved (queued, moved or
+    /// rejected alike).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub booking_id: Option<Uuid>,
     /// When the hold runs out (while held).
@@ -94,9 +95,9 @@ impl From<Row> for RequestView {
 }
 
 const DECIDED_VIEWS: &str =
-    "SELECT r.id, r.kind::text AS kind, r.outcome::text AS outcome, r.reason, r.booking_id,
-        r.practitioner_id, r.patient_id, r.slot_start, r.submitted_at, r.decided_at, b.status,
-        b.hold_expires_at
+    "SELECT r.id, r.kind::text AS kind, r.outcome::text AS outcome, r.reason,
+        COALESCE(r.booking_id, r.target_booking_id) AS booking_id, r.practitioner_id,
+        r.patient_id, r.slot_start, r.submitted_at, r.decided_at, b.status, b.hold_expires_at
     FROM booking_requests r LEFT JOIN bookings b ON b.id = r.booking_id
     WHERE r.id = ANY($1)";
 

@@ -393,6 +393,9 @@ pub(crate) async fn current_view(s: &AppState, id: Uuid) -> Result<Option<Reques
         None => false,
         Some(v) if v.is_queued() => now - v.submitted_at < chrono::Duration::seconds(2),
         Some(v) if v.status == "held" => v.hold_expires_at.is_some_and(|at| at > now),
+        // The workers' rejection of a reschedule does not name the booking that was to be
+        // moved; PostgreSQL does.
+        Some(v) if v.kind == "reschedule" && v.booking_id.is_none() => false,
         Some(_) => true,
     };
     if trust_cache {
