@@ -77,6 +77,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// apalis heartbeat interval of worker processes.
     pub heartbeat_interval: Duration,
+    /// How often an idle worker asks Redis for new jobs, ms.
+    pub poll_interval_ms: u64,
     /// Missed heartbeats after which a worker's jobs are handed to others.
     pub missed_heartbeats: usize,
     /// Scheduler sweep interval.
@@ -167,6 +169,7 @@ impl Config {
             },
             heartbeat_interval: Duration::from_millis(env.parse("WORKER_HEARTBEAT_MS", "2000")?),
             missed_heartbeats: env.parse("WORKER_MISSED_HEARTBEATS", "4")?,
+            poll_interval_ms: env.parse("WORKER_POLL_MS", "5")?,
             expiry_interval: Duration::from_millis(env.parse("EXPIRY_INTERVAL_MS", "1000")?),
             expiry_batch: env.parse("EXPIRY_BATCH", "500")?,
             max_poll_wait: Duration::from_secs(30),
@@ -214,6 +217,7 @@ impl Config {
             ("BOOKING_HORIZON_DAYS", self.booking_horizon_days as usize),
             ("WORKER_MISSED_HEARTBEATS", self.missed_heartbeats),
             ("MAX_BODY_BYTES", self.max_body_bytes),
+            ("WORKER_POLL_MS", self.poll_interval_ms as usize),
         ];
         for (var, value) in positive {
             if value == 0 {

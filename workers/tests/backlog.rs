@@ -221,3 +221,45 @@ async fn more_than_eight_thousand_due_retries_in_apalis_scheduled_set_are_draine
     let _ = worker.kill().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_worker_fetches_new_jobs_without_waiting_for_its_heartbeat() {
+    // apalis' own interval poller stops waking an idle worker after its first empty fetch;
+    // the next wake-up was the heartbeat. With a 10 s heartbeat, a job pushed to an idle
+    // worker must still be decided in well under that.
+    let app = spawn(Options {
+        workers: false,
+        ..Options::default()
+    })
+    .await;
+    let fx = app.fixture().await;
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_slotq-workers"))
+        .envs(&app.env)
+        .env("ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("WORKER_HEARTBEAT_MS", "10000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start slotq-workers");
+    // Let it register, fetch nothing and go idle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (i, patient) in [fx.patient_id, app.patient().await].into_iter().enumerate() {
+        let (status, body) = app
+            .submit(patient, fx.practitioner_id, slot(2, 9 * 60 + 30 * i as u32))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        let t0 = std::time::Instant::now();
+        let v = app.decision(id_of(&body), Duration::from_secs(8)).await;
+        assert_eq!(v["status"], "held", "{v}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "decided after {:?}",
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let _ = worker.kill().await;
+    app.stop().await;
+}
