@@ -41,8 +41,22 @@ use tower_http::{
 };
 
 /// Everything a handler may use.
+///
+/// Cheap to clone (one `Arc`): axum clones the state for every extractor and middleware of
+/// every request; cloning the fields themselves (scripts, key strings, pools) was ~10 % of the
+/// ingress CPU under load (perf, `slotq-loadtest throughput`).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     /// Configuration.
     pub config: Arc<Config>,
     /// PostgreSQL.
@@ -117,7 +131,7 @@ impl AppState {
         let verifier = Arc::new(slotq_common::auth::Verifier::new(config.auth.clone()));
         let (decided, _) = tokio::sync::broadcast::channel(8192);
         decisions::listen(client, fast.keys().decided_channel(), decided.clone());
-        let state = AppState {
+        let state = AppState(Arc::new(Shared {
             lookup: lookup::Lookup::new(pool.clone()),
             config: Arc::new(config),
             pool,
@@ -130,7 +144,7 @@ impl AppState {
             shutdown,
             verifier,
             pii: Arc::new(pii),
-        };
+        }));
         state
             .metrics
             .queue_max_depth
