@@ -52,6 +52,9 @@ if KEYS[1] ~= '' then
   redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'EX', ARGV[5])
 end
 redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[5])
+if KEYS[4] then
+  push_hold(KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[6], ARGV[7], ARGV[8])
+end
 return {'ok', ''}
 ";
 
@@ -70,7 +73,7 @@ impl FastPath {
         Self {
             conn,
             keys: Keys::new(namespace),
-            admit: redis::Script::new(ADMIT_LUA),
+            admit: redis::Script::new(&format!("{}{ADMIT_LUA}", crate::queue::PUSH_FN_LUA)),
             rebuild: redis::Script::new(REBUILD_LUA),
         }
     }
@@ -80,13 +83,15 @@ impl FastPath {
         &self.keys
     }
 
-    /// Registers a submission (see [`Admission`]).
+    /// Registers a submission (see [`Admission`]); when admitted and `job` is given, queues
+    /// the job in the same atomic script (one round trip, nothing to undo on failure).
     pub async fn admit(
         &self,
         view: &RequestView,
         idempotency_key: Option<&str>,
         body_hash: &str,
         precheck: bool,
+        job: Option<(&crate::queue::HoldQueue, &crate::queue::HoldJob)>,
     ) -> redis::RedisResult<Admission> {
         let status = serde_json::to_string(view).map_err(json_err)?;
         let idem = idempotency_key
@@ -98,18 +103,25 @@ impl FastPath {
         } else {
             String::new()
         };
-        let (verdict, prior): (String, String) = self
-            .admit
-            .key(idem)
+        let mut inv = self.admit.prepare_invoke();
+        inv.key(idem)
             .key(self.keys.request(view.id))
             .key(avail)
             .arg(body_hash)
             .arg(view.id.to_string())
             .arg(status)
             .arg(availability_bit(view.slot_start))
-            .arg(REMEMBER.as_secs())
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            .arg(REMEMBER.as_secs());
+        if let Some((queue, job)) = job {
+            for k in queue.keys() {
+                inv.key(k);
+            }
+            inv.arg(crate::queue::HoldQueue::task_id(job.request_id))
+                .arg(serde_json::to_vec(job).map_err(json_err)?)
+                .arg(crate::queue::MAX_ATTEMPTS);
+        }
+        let (verdict, prior): (String, String) =
+            inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(match verdict.as_str() {
             "replay" => {
                 let (hash, id) = prior.split_once('|').unwrap_or(("", ""));
@@ -128,20 +140,6 @@ impl FastPath {
             "taken" => Admission::SlotTaken,
             _ => Admission::Admitted,
         })
-    }
-
-    /// Undoes [`admit`](Self::admit) when the job could not be enqueued.
-    pub async fn revoke(
-        &self,
-        request_id: Uuid,
-        idempotency_key: Option<&str>,
-    ) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
-        pipe.del(self.keys.request(request_id)).ignore();
-        if let Some(k) = idempotency_key {
-            pipe.del(self.keys.idempotency(k)).ignore();
-        }
-        pipe.query_async(&mut self.conn.clone()).await
     }
 
     /// The cached status of a request.

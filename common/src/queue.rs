@@ -70,14 +70,20 @@ pub const MAX_ATTEMPTS: u32 = 25;
 //
 // The task id is the booking request id (a UUID v7 is 128 bits, as a ULID), so pushing the
 // same request twice is a no-op (`HSETNX`).
-const PUSH_LUA: &str = r"
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('HSET', KEYS[4] .. ':' .. ARGV[1],
-  'attempts', 0, 'max_attempts', ARGV[3], 'status', 'Pending', 'idempotency_key', '')
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[3])
-redis.call('LPUSH', KEYS[3], 1)
-return 1
+/// Lua function `push_hold(data, ready, signal, meta, id, job, max_attempts)`: the push
+/// described above; 1 when queued, 0 when that task id was already queued. Also part of the
+/// ingress admission script (`fast_path::FastPath::admit`), so a request's status, its
+/// idempotency record and its job are written in one atomic round trip.
+pub const PUSH_FN_LUA: &str = r"
+local function push_hold(data, ready, signal, meta, id, job, max_attempts)
+  if redis.call('HSETNX', data, id, job) == 0 then return 0 end
+  redis.call('HSET', meta .. ':' .. id,
+    'attempts', 0, 'max_attempts', max_attempts, 'status', 'Pending', 'idempotency_key', '')
+  redis.call('RPUSH', ready, id)
+  redis.call('DEL', signal)
+  redis.call('LPUSH', signal, 1)
+  return 1
+end
 ";
 
 /// The producer side of the hold queue (ingress).
@@ -111,13 +117,21 @@ impl HoldQueue {
                 c.signal_list(),
                 c.job_meta_hash(),
             ],
-            script: std::sync::Arc::new(Script::new(PUSH_LUA)),
+            script: std::sync::Arc::new(Script::new(&format!(
+                "{PUSH_FN_LUA}return push_hold(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3])"
+            ))),
         }
     }
 
     /// The apalis task id of a request's job.
     pub fn task_id(request_id: Uuid) -> String {
         ulid::Ulid::from(request_id.as_u128()).to_string()
+    }
+
+    /// The keys `push_hold` takes, in order: job data hash, ready list, signal list, meta
+    /// prefix.
+    pub fn keys(&self) -> &[String; 4] {
+        &self.keys
     }
 
     /// Appends `job` to the ready list in one round trip; `false` when that request's job

@@ -232,11 +232,36 @@ pub(crate) async fn enqueue(
         submitted_at: Utc::now().trunc_subsecs(6),
         decided_at: None,
     };
-    match s
+    let job = HoldJob {
+        request_id: view.id,
+        patient_id: view.patient_id,
+        practitioner_id: view.practitioner_id,
+        slot_start: view.slot_start,
+        submitted_at: view.submitted_at,
+        idempotency_key: key.clone(),
+        reschedule: r.reschedule,
+        trace_id: trace.and_then(|t| t.0.header_value().to_str().ok().map(str::to_owned)),
+    };
+    // One atomic script: idempotency, pre-check, `queued` status and the job itself. If Redis
+    // fails, nothing was written and the client may simply retry.
+    let admission = s
         .fast
-        .admit(&view, key.as_deref(), hash, s.config.precheck)
-        .await?
-    {
+        .admit(
+            &view,
+            key.as_deref(),
+            hash,
+            s.config.precheck,
+            Some((&s.queue, &job)),
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "enqueue failed");
+            ApiError::Unavailable {
+                detail: "the queue is unavailable, retry shortly".into(),
+                retry_after: 2,
+            }
+        })?;
+    match admission {
         Admission::Replay {
             request_id,
             same_body: true,
@@ -258,25 +283,6 @@ pub(crate) async fn enqueue(
             });
         }
         Admission::Admitted => {}
-    }
-    let job = HoldJob {
-        request_id: view.id,
-        patient_id: view.patient_id,
-        practitioner_id: view.practitioner_id,
-        slot_start: view.slot_start,
-        submitted_at: view.submitted_at,
-        idempotency_key: key.clone(),
-        reschedule: r.reschedule,
-        trace_id: trace.and_then(|t| t.0.header_value().to_str().ok().map(str::to_owned)),
-    };
-    if let Err(e) = s.queue.clone().push(job).await {
-        tracing::warn!(error = %e, "enqueue failed");
-        // Best effort: without the job the status and idempotency record must not linger.
-        let _ = s.fast.revoke(view.id, key.as_deref()).await;
-        return Err(ApiError::Unavailable {
-            detail: "the queue is unavailable, retry shortly".into(),
-            retry_after: 2,
-        });
     }
     tracing::debug!(request = %view.id, kind = %view.kind, "booking request queued");
     Ok((view, false))
