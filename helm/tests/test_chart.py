@@ -301,7 +301,7 @@ class Variants(unittest.TestCase):
         self.assertGreaterEqual(scaled["spec"]["minReplicaCount"], 1)
         triggers = scaled["spec"]["triggers"]
         self.assertEqual({t["type"] for t in triggers}, {"redis"})
-        # New jobs wait in the scheduled ZSET until a worker promotes them to the active LIST.
+        # New jobs wait in the active LIST, apalis' retries in the scheduled ZSET.
         self.assertEqual({t["metadata"]["listName"] for t in triggers},
                          {"clinic-a:holds:scheduled", "clinic-a:holds:active"})
         for t in triggers:
