@@ -185,51 +185,47 @@ pub struct Fixture {
     pub patient_id: Uuid,
 }
 
+/// Sends `req`, returning status and body (JSON or null).
+async fn status_and_json(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
 impl TestApp {
     /// `POST` JSON, returning status and body (JSON or null).
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let res = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .expect("request");
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
+        status_and_json(self.http.post(format!("{}{path}", self.base)).json(body)).await
     }
 
     /// `PUT` JSON.
     pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
-        let res = self
-            .http
-            .put(format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .expect("request");
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
+        status_and_json(self.http.put(format!("{}{path}", self.base)).json(body)).await
     }
 
     /// `GET`.
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let res = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("request");
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
+        status_and_json(self.http.get(format!("{}{path}", self.base))).await
     }
 
     /// Creates a clinic (UTC), a practitioner working every day 00:00–23:30 and a patient.
     pub async fn fixture(&self) -> Fixture {
+        let (clinic_id, practitioner_id) = self.practitioner_in("FR").await;
+        let patient_id = self.patient().await;
+        Fixture {
+            clinic_id,
+            practitioner_id,
+            patient_id,
+        }
+    }
+
+    /// Creates a clinic in `country` (UTC) and a practitioner there working every day
+    /// 00:00–23:30 in 30-minute slots; returns (clinic id, practitioner id).
+    pub async fn practitioner_in(&self, country: &str) -> (Uuid, Uuid) {
         let (s, clinic) = self
             .post(
                 "/v1/clinics",
-                &json!({"name": "Test clinic", "country_code": "FR", "timezone": "UTC"}),
+                &json!({"name": "Test clinic", "country_code": country, "timezone": "UTC"}),
             )
             .await;
         assert_eq!(s, 201, "{clinic}");
@@ -252,12 +248,7 @@ impl TestApp {
             )
             .await;
         assert_eq!(s, 200, "{h}");
-        let patient_id = self.patient().await;
-        Fixture {
-            clinic_id,
-            practitioner_id,
-            patient_id,
-        }
+        (clinic_id, practitioner_id)
     }
 
     /// Creates another patient.
@@ -328,17 +319,38 @@ impl TestApp {
     pub async fn pay(&self, body: &Value, secret: &str, t: i64) -> (u16, Value) {
         let raw = serde_json::to_vec(body).expect("json");
         let sig = slotq_common::signature::sign(secret.as_bytes(), t, &raw);
-        let res = self
-            .http
-            .post(format!("{}/v1/payments/webhook", self.base))
-            .header("content-type", "application/json")
-            .header("payment-signature", sig)
-            .body(raw)
-            .send()
-            .await
-            .expect("request");
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
+        status_and_json(
+            self.http
+                .post(format!("{}/v1/payments/webhook", self.base))
+                .header("content-type", "application/json")
+                .header("payment-signature", sig)
+                .body(raw),
+        )
+        .await
+    }
+
+    /// Polls the hold queue's depth until `inflight` jobs are claimed by workers, or panics
+    /// after `timeout`.
+    pub async fn wait_for_inflight(
+        &self,
+        inflight: u64,
+        timeout: Duration,
+    ) -> slotq_common::queue::QueueDepth {
+        let mut conn = self.redis.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let d = slotq_common::queue::depth(&mut conn, &self.config)
+                .await
+                .expect("queue depth");
+            if d.inflight == inflight {
+                return d;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the workers never claimed {inflight} jobs: {d:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Rows of a `SELECT count(*)`.
@@ -468,9 +480,7 @@ impl TestApp {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let res = req.send().await.expect("request");
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
+        status_and_json(req).await
     }
 }
 

@@ -26,11 +26,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn worker_process(app: &TestApp, admin_port: u16) -> Child {
+fn worker_process(app: &TestApp, admin_port: u16, extra: &[(&str, &str)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_slotq-workers"))
         .envs(&app.env)
         .env("ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
         .env("RUST_LOG", "warn")
+        .envs(extra.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -89,7 +90,7 @@ async fn a_backlog_of_nine_thousand_jobs_is_drained_by_a_worker_that_stays_up() 
     let depth = slotq_common::queue::depth(&mut conn, &app.config).await.unwrap();
     assert_eq!(depth.ready, 9001, "{depth:?}");
 
-    let mut worker = worker_process(&app, free_port());
+    let mut worker = worker_process(&app, free_port(), &[]);
     let decided = wait_count(
         &app,
         "SELECT count(*) FROM booking_requests",
@@ -132,7 +133,7 @@ async fn a_worker_that_apalis_gives_up_on_is_replaced_and_the_queue_keeps_moving
     .await;
     let fx = app.fixture().await;
     let port = free_port();
-    let mut worker = worker_process(&app, port);
+    let mut worker = worker_process(&app, port, &[]);
     let (status, body) = app
         .submit(fx.patient_id, fx.practitioner_id, slot(2, 9 * 60))
         .await;
@@ -208,7 +209,7 @@ async fn more_than_eight_thousand_due_retries_in_apalis_scheduled_set_are_draine
         .await
         .unwrap();
     assert_eq!(scheduled, 8500);
-    let mut worker = worker_process(&app, free_port());
+    let mut worker = worker_process(&app, free_port(), &[]);
     let decided = wait_count(
         &app,
         "SELECT count(*) FROM booking_requests",
@@ -233,16 +234,7 @@ async fn an_idle_worker_fetches_new_jobs_without_waiting_for_its_heartbeat() {
     })
     .await;
     let fx = app.fixture().await;
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_slotq-workers"))
-        .envs(&app.env)
-        .env("ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
-        .env("WORKER_HEARTBEAT_MS", "10000")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start slotq-workers");
+    let mut worker = worker_process(&app, free_port(), &[("WORKER_HEARTBEAT_MS", "10000")]);
     // Let it register, fetch nothing and go idle.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for (i, patient) in [fx.patient_id, app.patient().await].into_iter().enumerate() {

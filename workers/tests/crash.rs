@@ -68,21 +68,8 @@ async fn a_worker_killed_mid_batch_loses_no_accepted_request() {
             ("BATCH_LINGER_MS", "20000"),
         ],
     );
-    let mut conn = app.redis.clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let d = slotq_common::queue::depth(&mut conn, &app.config)
-            .await
-            .unwrap();
-        if d.inflight as usize == accepted.len() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the worker never claimed the jobs: {d:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_for_inflight(accepted.len() as u64, Duration::from_secs(20))
+        .await;
     doomed.start_kill().expect("SIGKILL");
     let _ = doomed.wait().await;
     assert_eq!(

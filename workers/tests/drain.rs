@@ -138,21 +138,7 @@ async fn sigterm_mid_batch_finishes_or_hands_back_every_claimed_job() {
             ("BATCH_COMMITTERS", "1"),
         ],
     );
-    let mut conn = app.redis.clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let d = slotq_common::queue::depth(&mut conn, &app.config)
-            .await
-            .unwrap();
-        if d.inflight == 90 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the worker never claimed every job: {d:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    app.wait_for_inflight(90, Duration::from_secs(20)).await;
     assert_eq!(decided(&app).await, 0, "the batch is still lingering");
     sigterm(&first.child);
     let status = tokio::time::timeout(Duration::from_secs(20), first.child.wait())
@@ -164,7 +150,7 @@ async fn sigterm_mid_batch_finishes_or_hands_back_every_claimed_job() {
     // What the handlers held was committed; the rest went back to the ready list at once
     // (not left in the dead worker's in-flight set for heartbeat recovery).
     let committed = decided(&app).await;
-    let d = slotq_common::queue::depth(&mut conn, &app.config)
+    let d = slotq_common::queue::depth(&mut app.redis.clone(), &app.config)
         .await
         .unwrap();
     assert_eq!(committed, 30, "the running batch finished before exit");

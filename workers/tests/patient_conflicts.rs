@@ -23,32 +23,7 @@ const COUNTRIES: [&str; 5] = ["FR", "DE", "ES", "IT", "BE"];
 
 /// A practitioner in a clinic of `country` (UTC, 30-minute slots, every day 00:00–23:30).
 async fn practitioner(app: &TestApp, country: &str) -> Uuid {
-    let (s, clinic) = app
-        .post(
-            "/v1/clinics",
-            &json!({"name": format!("Clinic {country}"), "country_code": country, "timezone": "UTC"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{clinic}");
-    let (s, p) = app
-        .post(
-            &format!("/v1/clinics/{}/practitioners", id_of(&clinic)),
-            &json!({"name": "Dr Abroad", "specialty": "gp", "slot_minutes": 30}),
-        )
-        .await;
-    assert_eq!(s, 201, "{p}");
-    let id = id_of(&p);
-    let weekly: Vec<Value> = (1..=7)
-        .map(|d| json!({"weekday": d, "start": "00:00", "end": "23:30"}))
-        .collect();
-    let (s, h) = app
-        .put(
-            &format!("/v1/practitioners/{id}/hours"),
-            &json!({"weekly": weekly}),
-        )
-        .await;
-    assert_eq!(s, 200, "{h}");
-    id
+    app.practitioner_in(country).await.1
 }
 
 async fn decide(app: &TestApp, patient: Uuid, practitioner: Uuid, at: DateTime<Utc>) -> Value {
