@@ -224,6 +224,15 @@ impl Config {
                 return Err(ConfigError::new(var, "0", "must be at least 1"));
             }
         }
+        // apalis' orphan recovery moves a dead worker's whole in-flight set with one Lua
+        // `unpack`, which fails above ~8,000 values.
+        if self.worker_concurrency > 4000 {
+            return Err(ConfigError::new(
+                "WORKER_CONCURRENCY",
+                self.worker_concurrency,
+                "must be at most 4000 (run more worker processes instead)",
+            ));
+        }
         if self.hold_ttl.is_zero() {
             return Err(ConfigError::new("HOLD_TTL_SECS", "0", "must be at least 1"));
         }

@@ -48,15 +48,19 @@ const HOLD_SQL: &str = "INSERT INTO bookings (id, request_id, country_code, prac
 pub async fn run(ctx: &Ctx, mode: Mode) -> anyhow::Result<BaselineResult> {
     let s = &ctx.settings;
     let n = s.concurrency;
+    // A synchronous service shares a pool among its callers: PostgreSQL refuses more than
+    // `max_connections` (100 by default), so above BASELINE_MAX_CONNECTIONS callers queue for a
+    // connection, as they would in such a service.
+    let conns = n.min(BASELINE_MAX_CONNECTIONS);
     let pool = PgPoolOptions::new()
-        .max_connections(n as u32)
-        .min_connections(n as u32)
+        .max_connections(conns as u32)
+        .min_connections(conns as u32)
         .acquire_timeout(Duration::from_secs(30))
         .connect(&s.database_url)
         .await
         .context("connecting the baseline's pool")?;
     // Open every connection before the clock starts.
-    let warm: Vec<_> = (0..n).map(|_| pool.acquire()).collect();
+    let warm: Vec<_> = (0..conns).map(|_| pool.acquire()).collect();
     let conns = futures::future::try_join_all(warm).await?;
     drop(conns);
 
@@ -113,6 +117,9 @@ pub async fn run(ctx: &Ctx, mode: Mode) -> anyhow::Result<BaselineResult> {
 }
 
 const HOLD_SECS: f64 = 300.0;
+
+/// Connections of the baseline's pool at most.
+pub const BASELINE_MAX_CONNECTIONS: usize = 64;
 
 /// One auto-committed hold; `true` when the row was inserted.
 async fn insert(
