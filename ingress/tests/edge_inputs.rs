@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::{Router, routing::get};
 use serde_json::{Value, json};
 use slotq_common::auth::Role;
-use slotq_testkit::{Options, TestApp, id_of, slot, spawn};
+use slotq_testkit::{Options, TestApp, slot, spawn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
@@ -27,23 +27,13 @@ async fn send(req: reqwest::RequestBuilder) -> (u16, String, Value) {
     (status, ct, res.json().await.unwrap_or(Value::Null))
 }
 
-/// A held booking: (request id, booking id).
-async fn held(app: &TestApp, patient: Uuid, practitioner: Uuid, days: i64) -> (Uuid, Uuid) {
-    let (s, r) = app.submit(patient, practitioner, slot(days, 600)).await;
-    assert_eq!(s, 202, "{r}");
-    let v = app.decision(id_of(&r), Duration::from_secs(20)).await;
-    assert_eq!(v["status"], "held", "{v}");
-    (
-        id_of(&r),
-        v["booking_id"].as_str().unwrap().parse().unwrap(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_poll_wait_is_capped_not_a_panic() {
     let app = spawn(Options::default()).await;
     let fx = app.fixture().await;
-    let (request, _) = held(&app, fx.patient_id, fx.practitioner_id, 3).await;
+    let (request, _) = app
+        .hold(fx.patient_id, fx.practitioner_id, slot(3, 600))
+        .await;
     for wait in [
         "1e20",
         "1e300",
@@ -376,7 +366,9 @@ async fn a_slot_search_window_in_the_past_is_valid_and_empty() {
 async fn status_changes_refuse_a_body_that_is_not_json() {
     let app = spawn(Options::default()).await;
     let fx = app.fixture().await;
-    let (_, booking) = held(&app, fx.patient_id, fx.practitioner_id, 3).await;
+    let (_, booking) = app
+        .hold(fx.patient_id, fx.practitioner_id, slot(3, 600))
+        .await;
     for action in ["cancel", "complete", "no-show"] {
         for ct in [
             Some("text/plain"),
@@ -410,7 +402,9 @@ async fn status_changes_refuse_a_body_that_is_not_json() {
     .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["status"], "cancelled");
-    let (_, other) = held(&app, fx.patient_id, fx.practitioner_id, 4).await;
+    let (_, other) = app
+        .hold(fx.patient_id, fx.practitioner_id, slot(4, 600))
+        .await;
     let (s, _, v) = send(
         app.http
             .post(format!("{}/v1/bookings/{other}/cancel", app.base))
@@ -431,7 +425,9 @@ async fn an_expired_booking_is_named_with_the_right_article() {
     })
     .await;
     let fx = app.fixture().await;
-    let (request, booking) = held(&app, fx.patient_id, fx.practitioner_id, 3).await;
+    let (request, booking) = app
+        .hold(fx.patient_id, fx.practitioner_id, slot(3, 600))
+        .await;
     app.wait_for_status(request, "expired", Duration::from_secs(10))
         .await;
     let (s, v) = app

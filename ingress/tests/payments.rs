@@ -13,15 +13,8 @@ use uuid::Uuid;
 
 async fn held_booking(app: &TestApp, minute: u32) -> (Uuid, Uuid) {
     let fx = app.fixture().await;
-    let (_, r) = app
-        .submit(fx.patient_id, fx.practitioner_id, slot(3, minute))
-        .await;
-    let d = app.decision(id_of(&r), Duration::from_secs(20)).await;
-    assert_eq!(d["status"], "held", "{d}");
-    (
-        id_of(&r),
-        d["booking_id"].as_str().unwrap().parse().unwrap(),
-    )
+    app.hold(fx.patient_id, fx.practitioner_id, slot(3, minute))
+        .await
 }
 
 fn event(id: &str, kind: &str, booking: Uuid) -> Value {

@@ -36,22 +36,6 @@ fn rfc(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-async fn held(
-    app: &TestApp,
-    patient: Uuid,
-    practitioner: Uuid,
-    at: chrono::DateTime<chrono::Utc>,
-) -> (Uuid, Uuid) {
-    let (s, r) = app.submit(patient, practitioner, at).await;
-    assert_eq!(s, 202, "{r}");
-    let d = app.decision(id_of(&r), Duration::from_secs(20)).await;
-    assert_eq!(d["status"], "held", "{d}");
-    (
-        id_of(&r),
-        d["booking_id"].as_str().unwrap().parse().unwrap(),
-    )
-}
-
 async fn confirm(app: &TestApp, booking: Uuid) {
     let ev = json!({"id": format!("evt_{booking}"), "type": "payment.succeeded", "booking_id": booking, "amount": 1, "currency": "EUR"});
     let (s, body) = app
@@ -175,7 +159,7 @@ async fn closing_a_day_with_a_confirmed_booking_lists_a_conflict_and_keeps_the_b
     let app = spawn(Options::default()).await;
     let fx = app.fixture().await;
     let at = slot(5, 10 * 60);
-    let (_, booking) = held(&app, fx.patient_id, fx.practitioner_id, at).await;
+    let (_, booking) = app.hold(fx.patient_id, fx.practitioner_id, at).await;
     confirm(&app, booking).await;
     let weekly: Vec<Value> = (1..=7)
         .map(|d| json!({"weekday": d, "start": "00:00", "end": "23:30"}))
@@ -258,7 +242,7 @@ async fn availability_reflects_hold_expiry_and_cancel_within_a_second() {
             .await
             .contains(&rfc(at))
     );
-    let (request, booking) = held(&app, fx.patient_id, fx.practitioner_id, at).await;
+    let (request, booking) = app.hold(fx.patient_id, fx.practitioner_id, at).await;
     assert!(
         !day_slots(&app, fx.practitioner_id, &date)
             .await
@@ -275,7 +259,7 @@ async fn availability_reflects_hold_expiry_and_cancel_within_a_second() {
         "expired slot is offered again"
     );
     let _ = booking;
-    let (_, booking) = held(&app, fx.patient_id, fx.practitioner_id, at).await;
+    let (_, booking) = app.hold(fx.patient_id, fx.practitioner_id, at).await;
     assert!(
         !day_slots(&app, fx.practitioner_id, &date)
             .await
@@ -306,7 +290,7 @@ async fn a_lost_bitmap_is_rebuilt_from_postgresql() {
         .map(|m| slot(4, *m))
         .collect();
     for t in &times {
-        held(&app, fx.patient_id, fx.practitioner_id, *t).await;
+        app.hold(fx.patient_id, fx.practitioner_id, *t).await;
     }
     let date = times[0].date_naive().to_string();
     let before = day_slots(&app, fx.practitioner_id, &date).await;
@@ -422,7 +406,7 @@ async fn a_confirmed_booking_stays_confirmed_when_rescheduled_and_frees_its_old_
     let app = spawn(Options::default()).await;
     let fx = app.fixture().await;
     let (old, new) = (slot(3, 600), slot(3, 660));
-    let (_, booking) = held(&app, fx.patient_id, fx.practitioner_id, old).await;
+    let (_, booking) = app.hold(fx.patient_id, fx.practitioner_id, old).await;
     confirm(&app, booking).await;
     let (s, r) = app
         .post(
@@ -476,7 +460,9 @@ async fn a_confirmed_booking_stays_confirmed_when_rescheduled_and_frees_its_old_
 async fn illegal_transitions_are_409_and_visit_outcomes_wait_for_the_visit() {
     let app = spawn(Options::default()).await;
     let fx = app.fixture().await;
-    let (_, booking) = held(&app, fx.patient_id, fx.practitioner_id, slot(3, 600)).await;
+    let (_, booking) = app
+        .hold(fx.patient_id, fx.practitioner_id, slot(3, 600))
+        .await;
     let (s, body) = app
         .post(&format!("/v1/bookings/{booking}/complete"), &json!({}))
         .await;
@@ -545,7 +531,7 @@ async fn listings_page_through_bookings_and_search_finds_free_slots_earliest_fir
     let mut mine = Vec::new();
     for m in [600, 660, 720, 780, 840] {
         mine.push(
-            held(&app, fx.patient_id, fx.practitioner_id, slot(3, m))
+            app.hold(fx.patient_id, fx.practitioner_id, slot(3, m))
                 .await
                 .1,
         );

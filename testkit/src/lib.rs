@@ -278,6 +278,26 @@ impl TestApp {
         .await
     }
 
+    /// Submits a booking request and waits until it is `held`; returns (request id, booking
+    /// id).
+    pub async fn hold(
+        &self,
+        patient: Uuid,
+        practitioner: Uuid,
+        slot: DateTime<Utc>,
+    ) -> (Uuid, Uuid) {
+        let (s, r) = self.submit(patient, practitioner, slot).await;
+        assert_eq!(s, 202, "{r}");
+        let request = id_of(&r);
+        let d = self.decision(request, Duration::from_secs(20)).await;
+        assert_eq!(d["status"], "held", "{d}");
+        let booking = d["booking_id"]
+            .as_str()
+            .and_then(|b| b.parse().ok())
+            .unwrap_or_else(|| panic!("no booking_id in {d}"));
+        (request, booking)
+    }
+
     /// Polls until the request is no longer `queued` (or `timeout`), returning its view.
     pub async fn decision(&self, request_id: Uuid, timeout: Duration) -> Value {
         let deadline = tokio::time::Instant::now() + timeout;

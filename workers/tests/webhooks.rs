@@ -59,16 +59,8 @@ async fn subscribe(app: &TestApp, url: &str, events: &[&str]) -> (Uuid, Secret) 
 
 /// A held booking; returns (request id, booking id).
 async fn hold(app: &TestApp, fx: &Fixture, minute: u32) -> (Uuid, Uuid) {
-    let (s, b) = app
-        .submit(fx.patient_id, fx.practitioner_id, slot(2, minute))
-        .await;
-    assert_eq!(s, 202, "{b}");
-    let d = app.decision(id_of(&b), Duration::from_secs(20)).await;
-    assert_eq!(d["status"], "held", "{d}");
-    (
-        id_of(&b),
-        d["booking_id"].as_str().unwrap().parse().unwrap(),
-    )
+    app.hold(fx.patient_id, fx.practitioner_id, slot(2, minute))
+        .await
 }
 
 fn verify(r: &Received, secret: &Secret) {
