@@ -5,7 +5,7 @@
 )]
 
 use serde_json::{Value, json};
-use slotq_testkit::{Fixture, Options, TestApp, slot, spawn};
+use slotq_testkit::{Fixture, Options, TestApp, send, slot, spawn};
 use uuid::Uuid;
 
 async fn raw(
@@ -20,14 +20,7 @@ async fn raw(
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
     }
-    let res = req.send().await.unwrap();
-    let status = res.status().as_u16();
-    let ct = res
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let body: Value = res.json().await.unwrap_or(Value::Null);
+    let (status, ct, body) = send(req).await;
     if status >= 400 {
         assert_eq!(
             ct, "application/problem+json",

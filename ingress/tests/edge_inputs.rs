@@ -11,21 +11,9 @@ use std::time::Duration;
 use axum::{Router, routing::get};
 use serde_json::{Value, json};
 use slotq_common::auth::Role;
-use slotq_testkit::{Options, TestApp, slot, spawn};
+use slotq_testkit::{Options, TestApp, send, slot, spawn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
-
-/// Status, content type and JSON body.
-async fn send(req: reqwest::RequestBuilder) -> (u16, String, Value) {
-    let res = req.send().await.expect("the server answers");
-    let status = res.status().as_u16();
-    let ct = res
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    (status, ct, res.json().await.unwrap_or(Value::Null))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_poll_wait_is_capped_not_a_panic() {

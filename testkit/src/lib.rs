@@ -185,11 +185,23 @@ pub struct Fixture {
     pub patient_id: Uuid,
 }
 
+/// Sends `req`, returning status, content type (empty when absent) and body (JSON or null).
+pub async fn send(req: reqwest::RequestBuilder) -> (u16, String, Value) {
+    let res = req.send().await.expect("the server answers");
+    let status = res.status().as_u16();
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (status, content_type, res.json().await.unwrap_or(Value::Null))
+}
+
 /// Sends `req`, returning status and body (JSON or null).
 async fn status_and_json(req: reqwest::RequestBuilder) -> (u16, Value) {
-    let res = req.send().await.expect("request");
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
+    let (status, _, body) = send(req).await;
+    (status, body)
 }
 
 impl TestApp {
