@@ -25,17 +25,16 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// Sends the event `id` of `kind` for `booking`, signed now with the stack's secret.
+async fn pay(app: &TestApp, id: &str, kind: &str, booking: Uuid) -> (u16, Value) {
+    app.pay(&event(id, kind, booking), &app.secret, now()).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_signature_confirms_and_a_duplicate_changes_nothing() {
     let app = spawn(Options::default()).await;
     let (request, booking) = held_booking(&app, 600).await;
-    let (s, body) = app
-        .pay(
-            &event("evt_1", "payment.succeeded", booking),
-            &app.secret,
-            now(),
-        )
-        .await;
+    let (s, body) = pay(&app, "evt_1", "payment.succeeded", booking).await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["outcome"], "confirmed");
     let (_, b) = app.get(&format!("/v1/bookings/{booking}")).await;
@@ -44,25 +43,13 @@ async fn a_valid_signature_confirms_and_a_duplicate_changes_nothing() {
     let (_, polled) = app.get(&format!("/v1/booking-requests/{request}")).await;
     assert_eq!(polled["status"], "confirmed");
 
-    let (s, body) = app
-        .pay(
-            &event("evt_1", "payment.succeeded", booking),
-            &app.secret,
-            now(),
-        )
-        .await;
+    let (s, body) = pay(&app, "evt_1", "payment.succeeded", booking).await;
     assert_eq!(s, 200);
     assert_eq!(
         body["outcome"], "confirmed",
         "a duplicate answers the original outcome"
     );
-    let (_, body) = app
-        .pay(
-            &event("evt_2", "payment.succeeded", booking),
-            &app.secret,
-            now(),
-        )
-        .await;
+    let (_, body) = pay(&app, "evt_2", "payment.succeeded", booking).await;
     assert_eq!(body["outcome"], "already_confirmed");
     assert_eq!(
         app.count("SELECT count(*) FROM audit_log WHERE action = 'confirm'")
@@ -120,13 +107,7 @@ async fn bad_signatures_and_stale_timestamps_are_refused_and_change_nothing() {
     assert_eq!(b["status"], "held");
     assert_eq!(app.count("SELECT count(*) FROM payment_events").await, 0);
     // Unknown booking with a valid signature: 404, nothing stored.
-    let (s, _) = app
-        .pay(
-            &event("evt_y", "payment.succeeded", Uuid::now_v7()),
-            &app.secret,
-            now(),
-        )
-        .await;
+    let (s, _) = pay(&app, "evt_y", "payment.succeeded", Uuid::now_v7()).await;
     assert_eq!(s, 404);
     assert_eq!(app.count("SELECT count(*) FROM payment_events").await, 0);
     app.stop().await;
@@ -151,23 +132,11 @@ async fn without_a_configured_secret_every_webhook_is_refused() {
 async fn a_failed_payment_cancels_the_hold_and_frees_the_slot() {
     let app = spawn(Options::default()).await;
     let (_, booking) = held_booking(&app, 720).await;
-    let (_, body) = app
-        .pay(
-            &event("evt_f", "payment.failed", booking),
-            &app.secret,
-            now(),
-        )
-        .await;
+    let (_, body) = pay(&app, "evt_f", "payment.failed", booking).await;
     assert_eq!(body["outcome"], "cancelled");
     let (_, b) = app.get(&format!("/v1/bookings/{booking}")).await;
     assert_eq!(b["status"], "cancelled");
-    let (_, body) = app
-        .pay(
-            &event("evt_other", "refund.created", booking),
-            &app.secret,
-            now(),
-        )
-        .await;
+    let (_, body) = pay(&app, "evt_other", "refund.created", booking).await;
     assert_eq!(body["outcome"], "ignored");
     app.stop().await;
 }
@@ -182,13 +151,7 @@ async fn payment_after_expiry_requires_a_refund() {
     let (request, booking) = held_booking(&app, 780).await;
     app.wait_for_status(request, "expired", Duration::from_secs(10))
         .await;
-    let (s, body) = app
-        .pay(
-            &event("evt_late", "payment.succeeded", booking),
-            &app.secret,
-            now(),
-        )
-        .await;
+    let (s, body) = pay(&app, "evt_late", "payment.succeeded", booking).await;
     assert_eq!(s, 200);
     assert_eq!(body["outcome"], "late_payment_refund_required");
     let (_, b) = app.get(&format!("/v1/bookings/{booking}")).await;
@@ -230,13 +193,9 @@ async fn confirmation_racing_expiry_never_yields_both() {
         let app = &app;
         async move {
             tokio::time::sleep(Duration::from_millis(100 + (i as u64 * 7) % 100)).await;
-            app.pay(
-                &event(&format!("evt_{i}"), "payment.succeeded", *b),
-                &app.secret,
-                now(),
-            )
-            .await
-            .1["outcome"]
+            pay(app, &format!("evt_{i}"), "payment.succeeded", *b)
+                .await
+                .1["outcome"]
                 .clone()
         }
     }));
