@@ -210,15 +210,17 @@ pub struct QueueDepth {
     pub inflight: u64,
     /// Failed for good.
     pub dead: u64,
-    /// Seconds the oldest due job has waited in the scheduled set (0 when none).
+    /// Seconds the oldest ready job has waited: the head of the ready list (its task id is a
+    /// ULID, whose first 48 bits are its creation time in ms) or the oldest due retry,
+    /// whichever is older; 0 when nothing is ready.
     pub oldest_ready_age_secs: u64,
 }
 
 // apalis-redis 1.0's own `Metrics::fetch_by_queue()` is broken (its Lua script expects an
 // argument that is never passed), so the depth is read from the queue's keys directly.
-// `push` stores new jobs in the scheduled ZSET scored with their run time (now), and workers
-// promote due ones to the active LIST when they fetch; so "ready" is the active LIST plus the
-// due part of the ZSET, and "scheduled" its future part (retries). In-flight jobs sit in one
+// New jobs go straight onto the active LIST (`HoldQueue`); apalis' retries wait in the
+// scheduled ZSET scored with their run time, and are promoted once due. So "ready" is the
+// active LIST plus the due part of the ZSET, and "scheduled" its future part (retries). In-flight jobs sit in one
 // SET per registered worker, `{queue}:inflight:{worker name}` (the workers ZSET holds names).
 const DEPTH_LUA: &str = r"
 local now = tonumber(redis.call('TIME')[1])
@@ -232,6 +234,20 @@ end
 local oldest = 0
 local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 if first[2] and tonumber(first[2]) <= now then oldest = now - tonumber(first[2]) end
+local head = redis.call('LINDEX', KEYS[1], 0)
+if head and #head == 26 then
+  local alphabet = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
+  local ms = 0
+  for i = 1, 10 do
+    local v = string.find(alphabet, string.sub(head, i, i), 1, true)
+    if not v then ms = nil break end
+    ms = ms * 32 + (v - 1)
+  end
+  if ms then
+    local age = now - math.floor(ms / 1000)
+    if age > oldest then oldest = age end
+  end
+end
 return {ready, scheduled, inflight, dead, oldest}
 ";
 

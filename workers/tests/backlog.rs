@@ -89,6 +89,13 @@ async fn a_backlog_of_nine_thousand_jobs_is_drained_by_a_worker_that_stays_up() 
     let mut conn = app.redis.clone();
     let depth = slotq_common::queue::depth(&mut conn, &app.config).await.unwrap();
     assert_eq!(depth.ready, 9001, "{depth:?}");
+    // The age of the oldest ready job comes from the head of the ready list (its ULID).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let depth = slotq_common::queue::depth(&mut conn, &app.config).await.unwrap();
+    assert!(
+        (2..30).contains(&depth.oldest_ready_age_secs),
+        "{depth:?}"
+    );
 
     let mut worker = worker_process(&app, free_port(), &[]);
     let decided = wait_count(
