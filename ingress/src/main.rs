@@ -2,6 +2,9 @@
 
 use slotq_common::config::{Config, EXIT_CONFIG, Role};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let config = match Config::from_env(Role::Ingress) {

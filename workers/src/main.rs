@@ -1,5 +1,8 @@
 //! `slotq-workers [run|migrate]`.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     slotq_common::process::service_main(

@@ -202,8 +202,9 @@ async fn full(
     Ok(true)
 }
 
-/// Deletes the baseline's bookings, decisions and events (audit rows are append-only).
-async fn cleanup(pool: &PgPool, practitioners: &[Uuid]) -> anyhow::Result<()> {
+/// Deletes the bookings, decisions and events of `practitioners` (audit rows are
+/// append-only), so a later scenario neither expires them nor scans them.
+pub async fn cleanup(pool: &PgPool, practitioners: &[Uuid]) -> anyhow::Result<()> {
     sqlx::query("DELETE FROM bookings WHERE practitioner_id = ANY($1)")
         .bind(practitioners)
         .execute(pool)

@@ -95,6 +95,9 @@ pub async fn run(ctx: &Ctx, round: usize) -> anyhow::Result<Outcome> {
     futures::future::join_all(polls).await;
     checks::wait_decided(&ctx.pool, &ids, s.decision_timeout, Duration::from_millis(100)).await?;
     let decisions = checks::decisions(&ctx.pool, &ids).await?;
+    // Checked: drop the round's holds, or the scheduler would be expiring tens of thousands
+    // of them (short TTL of the bench stack) while the next round is measured.
+    super::baseline::cleanup(&ctx.pool, &grid.practitioners).await?;
 
     let window = decisions
         .last_decided
