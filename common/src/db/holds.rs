@@ -398,10 +398,13 @@ async fn insert_holds(
     let lp: Vec<Uuid> = losers.iter().map(|i| practs[*i]).collect();
     let ls: Vec<DateTime<Utc>> = losers.iter().map(|i| starts[*i]).collect();
     let occupied: HashSet<(String, Uuid, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT b.country_code::text, b.practitioner_id, b.slot_start FROM bookings b
-         JOIN unnest($1::text[], $2::uuid[], $3::timestamptz[]) AS u(c, p, s)
-           ON b.country_code = u.c AND b.practitioner_id = u.p AND b.slot_start = u.s
-         WHERE b.status IN ('held', 'confirmed')",
+        "SELECT b.country_code::text, b.practitioner_id, b.slot_start
+         FROM unnest($1::text[], $2::uuid[], $3::timestamptz[]) AS u(c, p, s)
+         CROSS JOIN LATERAL (
+             SELECT country_code, practitioner_id, slot_start FROM bookings
+             WHERE country_code = u.c AND practitioner_id = u.p AND slot_start = u.s
+               AND status IN ('held', 'confirmed')
+             LIMIT 1) b",
     )
     .bind(&lc)
     .bind(&lp)
@@ -520,10 +523,12 @@ async fn insert_round(
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[],
                      $6::timestamptz[], $7::timestamptz[]) WITH ORDINALITY
               AS u(id, request_id, country_code, practitioner_id, patient_id, slot_start, slot_end, ord)
-         WHERE NOT EXISTS (
-             SELECT 1 FROM bookings o
+         LEFT JOIN LATERAL (
+             SELECT 1 AS hit FROM bookings o
              WHERE o.patient_id = u.patient_id AND o.slot_start = u.slot_start
-               AND o.status IN ('held', 'confirmed'))
+               AND o.status IN ('held', 'confirmed')
+             LIMIT 1) busy ON true
+         WHERE busy.hit IS NULL
          ORDER BY u.ord
          ON CONFLICT DO NOTHING
          RETURNING request_id, id, hold_expires_at",
