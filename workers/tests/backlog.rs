@@ -39,6 +39,20 @@ fn worker_process(app: &TestApp, admin_port: u16, extra: &[(&str, &str)]) -> Chi
         .expect("start slotq-workers")
 }
 
+/// A job for a patient that does not exist (cheap to decide: rejected `unknown_patient`).
+fn unknown_patient_job(practitioner_id: Uuid, i: u32) -> HoldJob {
+    HoldJob {
+        request_id: Uuid::now_v7(),
+        patient_id: Uuid::now_v7(),
+        practitioner_id,
+        slot_start: slot(3, (i % 16) * 30 + 9 * 60),
+        submitted_at: Utc::now(),
+        idempotency_key: None,
+        reschedule: None,
+        trace_id: None,
+    }
+}
+
 async fn wait_count(app: &TestApp, sql: &'static str, want: i64, timeout: Duration) -> i64 {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -67,16 +81,7 @@ async fn a_backlog_of_nine_thousand_jobs_is_drained_by_a_worker_that_stays_up() 
     let real = id_of(&body);
     let queue = HoldQueue::new(app.redis.clone(), &app.config);
     let jobs: Vec<HoldJob> = (0..9000u32)
-        .map(|i| HoldJob {
-            request_id: Uuid::now_v7(),
-            patient_id: Uuid::now_v7(),
-            practitioner_id: fx.practitioner_id,
-            slot_start: slot(3, (i % 16) * 30 + 9 * 60),
-            submitted_at: Utc::now(),
-            idempotency_key: None,
-            reschedule: None,
-            trace_id: None,
-        })
+        .map(|i| unknown_patient_job(fx.practitioner_id, i))
         .collect();
     for chunk in jobs.chunks(500) {
         let pushes = chunk.iter().map(|j| queue.push(j.clone()));
@@ -197,16 +202,7 @@ async fn more_than_eight_thousand_due_retries_in_apalis_scheduled_set_are_draine
     let mut storage = slotq_common::queue::hold_storage(app.redis.clone(), &app.config);
     for i in 0..8500u32 {
         storage
-            .push(HoldJob {
-                request_id: Uuid::now_v7(),
-                patient_id: Uuid::now_v7(),
-                practitioner_id: fx.practitioner_id,
-                slot_start: slot(3, (i % 16) * 30 + 9 * 60),
-                submitted_at: Utc::now(),
-                idempotency_key: None,
-                reschedule: None,
-                trace_id: None,
-            })
+            .push(unknown_patient_job(fx.practitioner_id, i))
             .await
             .unwrap();
     }
