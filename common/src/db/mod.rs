@@ -23,12 +23,23 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// Opens a pool of at most `max` connections.
+///
+/// Sessions plan every execution of a prepared statement with its actual parameters
+/// (`plan_cache_mode = force_custom_plan`, unless the URL sets `plan_cache_mode` itself).
+/// PostgreSQL's default switches a statement to a cached generic plan after five runs, chosen
+/// with the table sizes of that moment; the batch statements kept plans made for a small
+/// `bookings` while it grew, and after the `mixed` load scenario a throughput round decided
+/// 4,177 requests/s instead of 6,861 with custom plans (loadtest/README.md, change 9).
 pub async fn connect(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
+    let mut options: sqlx::postgres::PgConnectOptions = url.parse()?;
+    if !url.contains("plan_cache_mode") {
+        options = options.options([("plan_cache_mode", "force_custom_plan")]);
+    }
     PgPoolOptions::new()
         .max_connections(max)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
+        .connect_with(options)
         .await
 }
 
