@@ -145,10 +145,8 @@ impl Config {
             payment_webhook_tolerance: Duration::from_secs(
                 env.parse("PAYMENT_WEBHOOK_TOLERANCE_SECS", "300")?,
             ),
-            worker_concurrency: env.parse(
-                "WORKER_CONCURRENCY",
-                &(batch_max * 4).min(4000).to_string(),
-            )?,
+            worker_concurrency: env
+                .parse("WORKER_CONCURRENCY", &(batch_max * 4).min(4000).to_string())?,
             batch_max,
             batch_linger: Duration::from_millis(env.parse("BATCH_LINGER_MS", "2")?),
             committers: env.parse("BATCH_COMMITTERS", "2")?,

@@ -120,8 +120,7 @@ impl FastPath {
                 .arg(serde_json::to_vec(job).map_err(json_err)?)
                 .arg(crate::queue::MAX_ATTEMPTS);
         }
-        let (verdict, prior): (String, String) =
-            inv.invoke_async(&mut self.conn.clone()).await?;
+        let (verdict, prior): (String, String) = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(match verdict.as_str() {
             "replay" => {
                 let (hash, id) = prior.split_once('|').unwrap_or(("", ""));

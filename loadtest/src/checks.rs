@@ -62,7 +62,11 @@ pub async fn decisions(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<Decisions>
             d.server_latency.record_micros(us.max(0) as u64);
         }
     }
-    d.missing = ids.iter().filter(|i| !found.contains(*i)).copied().collect();
+    d.missing = ids
+        .iter()
+        .filter(|i| !found.contains(*i))
+        .copied()
+        .collect();
     Ok(d)
 }
 

@@ -114,19 +114,23 @@ impl Api {
         let answer: Option<Answer> = serde_json::from_slice(&bytes).ok();
         Ok(Submitted {
             status,
-            id: answer
-                .as_ref()
-                .and_then(|a| a.id)
-                .filter(|_| status == 202),
+            id: answer.as_ref().and_then(|a| a.id).filter(|_| status == 202),
             code: answer.and_then(|a| a.code),
         })
     }
 
     /// `GET /v1/booking-requests/{id}?wait=S`: the view, or the HTTP status when not `200`.
-    pub async fn poll(&self, id: Uuid, wait_secs: u32) -> reqwest::Result<Result<RequestView, u16>> {
+    pub async fn poll(
+        &self,
+        id: Uuid,
+        wait_secs: u32,
+    ) -> reqwest::Result<Result<RequestView, u16>> {
         let res = self
             .http
-            .get(format!("{}/v1/booking-requests/{id}?wait={wait_secs}", self.base))
+            .get(format!(
+                "{}/v1/booking-requests/{id}?wait={wait_secs}",
+                self.base
+            ))
             .send()
             .await?;
         if res.status() != StatusCode::OK {

@@ -64,7 +64,10 @@ pub async fn practitioners(pool: &PgPool, spec: &PractitionerSpec) -> anyhow::Re
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO clinics (id, country_code, name, timezone) VALUES ($1, 'FR', $2, $3)")
         .bind(clinic)
-        .bind(format!("Load test clinic {}", &clinic.simple().to_string()[..8]))
+        .bind(format!(
+            "Load test clinic {}",
+            &clinic.simple().to_string()[..8]
+        ))
         .bind(&spec.timezone)
         .execute(&mut *tx)
         .await
@@ -210,7 +213,10 @@ mod tests {
         for k in 0..2000 {
             let (patient, p, t) = g.nth(k).expect("inside capacity");
             assert!(seen.insert((p, t)), "slot reused at {k}");
-            assert!(patient_times.insert((patient, t)), "patient double-booked at {k}");
+            assert!(
+                patient_times.insert((patient, t)),
+                "patient double-booked at {k}"
+            );
             assert!(t >= g.first_day);
             assert_eq!(t.minute() % GRID_SLOT_MINUTES, 0);
             assert!(t.time() <= hm(23, 50), "slot ends by 23:55");

@@ -161,15 +161,19 @@ async fn storm(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     report.check(
         "storm",
         "no 5xx, every request answered",
-        r.server_errors == 0 && r.statuses.total() == r.requests && !r.statuses.0.contains_key("io"),
+        r.server_errors == 0
+            && r.statuses.total() == r.requests
+            && !r.statuses.0.contains_key("io"),
         r.statuses.compact(),
     );
     report.check(
         "storm",
         "every loser refused with slot_taken",
-        r.accepted + r.conflicts == r.requests
-            && r.rejected.keys().all(|k| k == "slot_taken"),
-        format!("{} accepted, {} 409, rejected {:?}", r.accepted, r.conflicts, r.rejected),
+        r.accepted + r.conflicts == r.requests && r.rejected.keys().all(|k| k == "slot_taken"),
+        format!(
+            "{} accepted, {} 409, rejected {:?}",
+            r.accepted, r.conflicts, r.rejected
+        ),
     );
     report.target(
         &format!("storm of {}", r.requests),
@@ -184,7 +188,10 @@ async fn storm(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
 async fn availability(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let r = scenarios::availability::run(ctx).await?;
     for (name, e) in [
-        ("availability 1 practitioner × 14 days", &r.practitioner_14_days),
+        (
+            "availability 1 practitioner × 14 days",
+            &r.practitioner_14_days,
+        ),
         (
             &*format!("search across {} practitioners", r.practitioners),
             &r.search,
@@ -224,7 +231,11 @@ async fn mixed(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         if o.unexplained.is_empty() {
             format!("{:?}", r.final_statuses)
         } else {
-            format!("{} unexplained, e.g. {}", o.unexplained.len(), o.unexplained[0])
+            format!(
+                "{} unexplained, e.g. {}",
+                o.unexplained.len(),
+                o.unexplained[0]
+            )
         },
     );
     report.mixed = Some(o.result);
@@ -289,7 +300,10 @@ fn echo(s: &Settings) -> std::collections::BTreeMap<String, String> {
     [
         ("url", s.url.clone()),
         ("duration_s", s.duration.as_secs_f64().to_string()),
-        ("latency_duration_s", s.latency_duration.as_secs_f64().to_string()),
+        (
+            "latency_duration_s",
+            s.latency_duration.as_secs_f64().to_string(),
+        ),
         ("concurrency", s.concurrency.to_string()),
         ("rate", s.rate.to_string()),
         ("storm", s.storm.to_string()),

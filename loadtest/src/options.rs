@@ -300,7 +300,10 @@ mod tests {
         assert!(Settings::parse(&args("storm --storm 0"), &vars()).is_err());
         assert!(Settings::parse(&args("storm --rate"), &vars()).is_err());
         assert!(Settings::parse(&args("storm --bogus 1"), &vars()).is_err());
-        assert!(Settings::parse(&args("storm"), &HashMap::new()).is_err(), "no token");
+        assert!(
+            Settings::parse(&args("storm"), &HashMap::new()).is_err(),
+            "no token"
+        );
     }
 
     #[test]

@@ -195,7 +195,11 @@ pub async fn send(req: reqwest::RequestBuilder) -> (u16, String, Value) {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    (status, content_type, res.json().await.unwrap_or(Value::Null))
+    (
+        status,
+        content_type,
+        res.json().await.unwrap_or(Value::Null),
+    )
 }
 
 /// Sends `req`, returning status and body (JSON or null).
@@ -455,7 +459,9 @@ pub fn mint(
 ) -> String {
     // A stack verifying only against a JWKS gets an unusable token here; such tests mint
     // their own.
-    let Some(secret) = config.auth.hs256_secret.as_deref() else { return "no-hs256-secret".into() };
+    let Some(secret) = config.auth.hs256_secret.as_deref() else {
+        return "no-hs256-secret".into();
+    };
     let claims = slotq_common::auth::claims(
         &config.auth,
         role,

@@ -155,7 +155,11 @@ async fn supervise(
         }
         let storage = slotq_common::queue::hold_storage(redis.clone(), config);
         let worker = WorkerBuilder::new(name.clone())
-            .backend(storage.poll_with_strategy(Tick::every(Duration::from_millis(config.poll_interval_ms))))
+            .backend(
+                storage.poll_with_strategy(Tick::every(Duration::from_millis(
+                    config.poll_interval_ms,
+                ))),
+            )
             .concurrency(config.worker_concurrency)
             .data(batcher.clone())
             .build(handle);
@@ -172,7 +176,9 @@ async fn supervise(
         }
         match result {
             Ok(()) => tracing::error!(worker = %name, "worker stopped by itself; starting another"),
-            Err(e) => tracing::error!(worker = %name, error = %e, "worker failed; starting another"),
+            Err(e) => {
+                tracing::error!(worker = %name, error = %e, "worker failed; starting another")
+            }
         }
         metrics.worker_restarts.inc();
         if started.elapsed() > Duration::from_secs(60) {

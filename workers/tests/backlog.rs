@@ -92,15 +92,16 @@ async fn a_backlog_of_nine_thousand_jobs_is_drained_by_a_worker_that_stays_up() 
     // Pushing a request's job again changes nothing (the task id is the request id).
     assert!(!queue.push(jobs[0].clone()).await.unwrap());
     let mut conn = app.redis.clone();
-    let depth = slotq_common::queue::depth(&mut conn, &app.config).await.unwrap();
+    let depth = slotq_common::queue::depth(&mut conn, &app.config)
+        .await
+        .unwrap();
     assert_eq!(depth.ready, 9001, "{depth:?}");
     // The age of the oldest ready job comes from the head of the ready list (its ULID).
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let depth = slotq_common::queue::depth(&mut conn, &app.config).await.unwrap();
-    assert!(
-        (2..30).contains(&depth.oldest_ready_age_secs),
-        "{depth:?}"
-    );
+    let depth = slotq_common::queue::depth(&mut conn, &app.config)
+        .await
+        .unwrap();
+    assert!((2..30).contains(&depth.oldest_ready_age_secs), "{depth:?}");
 
     let mut worker = worker_process(&app, free_port(), &[]);
     let decided = wait_count(
@@ -124,7 +125,9 @@ async fn a_backlog_of_nine_thousand_jobs_is_drained_by_a_worker_that_stays_up() 
     assert_eq!(v["status"], "held", "{v}");
     let mut left = 0;
     for _ in 0..50 {
-        let d = slotq_common::queue::depth(&mut conn, &app.config).await.unwrap();
+        let d = slotq_common::queue::depth(&mut conn, &app.config)
+            .await
+            .unwrap();
         left = d.ready + d.scheduled + d.inflight + d.dead;
         if left == 0 {
             break;
@@ -181,7 +184,10 @@ async fn a_worker_that_apalis_gives_up_on_is_replaced_and_the_queue_keeps_moving
     assert_eq!(status, 202, "{body}");
     let second = app.decision(id_of(&body), Duration::from_secs(20)).await;
     assert_eq!(second["status"], "held", "{second}");
-    assert!(worker.try_wait().unwrap().is_none(), "the process stayed up");
+    assert!(
+        worker.try_wait().unwrap().is_none(),
+        "the process stayed up"
+    );
     let registered: i64 = conn.zcard(&workers_key).await.unwrap();
     assert_eq!(registered, 1, "one live worker registered again");
     let _ = worker.kill().await;

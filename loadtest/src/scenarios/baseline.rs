@@ -38,7 +38,8 @@ pub enum Mode {
     Full,
 }
 
-const HOLD_SQL: &str = "INSERT INTO bookings (id, request_id, country_code, practitioner_id, patient_id,
+const HOLD_SQL: &str =
+    "INSERT INTO bookings (id, request_id, country_code, practitioner_id, patient_id,
                       slot_start, slot_end, status, hold_expires_at)
  VALUES ($1, $2, 'FR', $3, $4, $5, $6, 'held', now() + make_interval(secs => $7))
  ON CONFLICT DO NOTHING
@@ -76,7 +77,9 @@ pub async fn run(ctx: &Ctx, mode: Mode) -> anyhow::Result<BaselineResult> {
             let (mut lat, mut ok, mut errors) = (Latency::new(), 0u64, 0u64);
             while Instant::now() < deadline {
                 let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some((patient, practitioner, slot)) = grid.nth(k) else { break };
+                let Some((patient, practitioner, slot)) = grid.nth(k) else {
+                    break;
+                };
                 let t0 = Instant::now();
                 let res = match mode {
                     Mode::Insert => insert(&pool, patient, practitioner, slot).await,

@@ -39,7 +39,13 @@ struct Arrival {
 /// Runs the open-model measurement.
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let s = &ctx.settings;
-    let grid = dataset::grid(&ctx.pool, &ctx.api, PRACTITIONERS, &format!("lat-{}", ctx.tag)).await?;
+    let grid = dataset::grid(
+        &ctx.pool,
+        &ctx.api,
+        PRACTITIONERS,
+        &format!("lat-{}", ctx.tag),
+    )
+    .await?;
     let total = (s.rate * s.latency_duration.as_secs_f64()).round().max(1.0) as u64;
     let interval = Duration::from_secs_f64(1.0 / s.rate);
     // A few connections opened beforehand, as a steady client would have them.
@@ -55,7 +61,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         if at.elapsed() > Duration::from_millis(5) {
             late += 1;
         }
-        let Some((patient, practitioner, slot)) = grid.nth(k) else { break };
+        let Some((patient, practitioner, slot)) = grid.nth(k) else {
+            break;
+        };
         let (api, timeout) = (ctx.api.clone(), s.decision_timeout);
         tasks.spawn(async move {
             let t0 = Instant::now();
@@ -65,7 +73,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
                 id: None,
                 decided_after: None,
             };
-            let Ok(r) = api.submit(patient, practitioner, slot).await else { return a };
+            let Ok(r) = api.submit(patient, practitioner, slot).await else {
+                return a;
+            };
             a.submit = t0.elapsed();
             a.status = Some(r.status);
             a.id = r.id;
@@ -95,8 +105,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
             e2e.record(d);
         }
     }
-    checks::wait_decided(&ctx.pool, &accepted, s.decision_timeout, Duration::from_millis(100))
-        .await?;
+    checks::wait_decided(
+        &ctx.pool,
+        &accepted,
+        s.decision_timeout,
+        Duration::from_millis(100),
+    )
+    .await?;
     let decisions = checks::decisions(&ctx.pool, &accepted).await?;
     Ok(Outcome {
         result: LatencyResult {

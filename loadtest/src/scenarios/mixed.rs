@@ -106,8 +106,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         },
     )
     .await?;
-    let patients =
-        dataset::patients(&ctx.api, (2 * s.concurrency).max(20), &format!("mx-{}", ctx.tag)).await?;
+    let patients = dataset::patients(
+        &ctx.api,
+        (2 * s.concurrency).max(20),
+        &format!("mx-{}", ctx.tag),
+    )
+    .await?;
     let first = (Utc::now() + chrono::Duration::days(1))
         .with_hour(8)
         .and_then(|t| t.with_minute(0))
@@ -146,7 +150,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
                 t.statuses.add(r.status);
                 let Some(id) = r.id else { continue };
                 t.accepted.push(id);
-                let Ok(v) = api.decision(id, timeout).await else { continue };
+                let Ok(v) = api.decision(id, timeout).await else {
+                    continue;
+                };
                 if v.is_queued() {
                     continue;
                 }
@@ -205,8 +211,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     }
     let elapsed = start.elapsed();
 
-    checks::wait_decided(&ctx.pool, &all.accepted, s.decision_timeout, Duration::from_millis(100))
-        .await?;
+    checks::wait_decided(
+        &ctx.pool,
+        &all.accepted,
+        s.decision_timeout,
+        Duration::from_millis(100),
+    )
+    .await?;
     let decisions = checks::decisions(&ctx.pool, &all.accepted).await?;
 
     // Wait for the holds left to expire, when the stack's hold TTL allows.

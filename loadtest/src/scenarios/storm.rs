@@ -48,7 +48,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     )
     .await?[0];
     let patients = Arc::new(
-        dataset::patients(&ctx.api, PATIENTS.min(s.storm), &format!("storm-{}", ctx.tag)).await?,
+        dataset::patients(
+            &ctx.api,
+            PATIENTS.min(s.storm),
+            &format!("storm-{}", ctx.tag),
+        )
+        .await?,
     );
     let slot = (Utc::now() + chrono::Duration::days(2))
         .with_hour(10)
@@ -98,7 +103,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     }
     let submit = start.elapsed();
 
-    checks::wait_decided(&ctx.pool, &ids, s.decision_timeout, Duration::from_millis(20)).await?;
+    checks::wait_decided(
+        &ctx.pool,
+        &ids,
+        s.decision_timeout,
+        Duration::from_millis(20),
+    )
+    .await?;
     let decisions = checks::decisions(&ctx.pool, &ids).await?;
     let all_decided = decisions
         .last_decided

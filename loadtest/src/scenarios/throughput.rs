@@ -47,7 +47,9 @@ pub async fn run(ctx: &Ctx, round: usize) -> anyhow::Result<Outcome> {
         .await?,
     );
     // Open the client's connections before the clock starts.
-    let warm: Vec<_> = (0..s.concurrency).map(|_| ctx.api.get("/healthz")).collect();
+    let warm: Vec<_> = (0..s.concurrency)
+        .map(|_| ctx.api.get("/healthz"))
+        .collect();
     futures::future::join_all(warm).await;
 
     let next = Arc::new(AtomicU64::new(0));
@@ -58,10 +60,13 @@ pub async fn run(ctx: &Ctx, round: usize) -> anyhow::Result<Outcome> {
     for _ in 0..s.concurrency {
         let (api, grid, next) = (ctx.api.clone(), grid.clone(), next.clone());
         tasks.spawn(async move {
-            let (mut lat, mut statuses, mut ids) = (Latency::new(), Statuses::default(), Vec::new());
+            let (mut lat, mut statuses, mut ids) =
+                (Latency::new(), Statuses::default(), Vec::new());
             while Instant::now() < deadline {
                 let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some((patient, practitioner, slot)) = grid.nth(k) else { break };
+                let Some((patient, practitioner, slot)) = grid.nth(k) else {
+                    break;
+                };
                 let t0 = Instant::now();
                 match api.submit(patient, practitioner, slot).await {
                     Ok(r) => {
@@ -93,7 +98,13 @@ pub async fn run(ctx: &Ctx, round: usize) -> anyhow::Result<Outcome> {
         .map(|id| ctx.api.decision(*id, s.decision_timeout))
         .collect();
     futures::future::join_all(polls).await;
-    checks::wait_decided(&ctx.pool, &ids, s.decision_timeout, Duration::from_millis(100)).await?;
+    checks::wait_decided(
+        &ctx.pool,
+        &ids,
+        s.decision_timeout,
+        Duration::from_millis(100),
+    )
+    .await?;
     let decisions = checks::decisions(&ctx.pool, &ids).await?;
     // Checked: drop the round's holds, or the scheduler would be expiring tens of thousands
     // of them (short TTL of the bench stack) while the next round is measured.
