@@ -35,11 +35,30 @@ pub enum Admission {
     SlotTaken,
 }
 
+/// An idempotency record `<body hash>|<request id>` judged against `body_hash`.
+fn replay_of(record: &str, body_hash: &str) -> Admission {
+    let (hash, id) = record.split_once('|').unwrap_or(("", ""));
+    match id.parse() {
+        Ok(request_id) => Admission::Replay {
+            request_id,
+            same_body: hash == body_hash,
+        },
+        // A corrupt record cannot be honoured; treat the key as reused with another body.
+        Err(_) => Admission::Replay {
+            request_id: Uuid::nil(),
+            same_body: false,
+        },
+    }
+}
+
 // Atomic admission: idempotency replay first (a replay must answer like the original even if
 // the slot has been taken since), then the availability pre-check, then the idempotency
 // record and the `queued` status together, so a replay never sees a key without a status.
-// KEYS: 1 idempotency key ("" if none), 2 request status key, 3 availability key ("" = no check)
-// ARGV: 1 body hash, 2 request id, 3 status JSON, 4 availability bit, 5 ttl seconds
+// Then the job itself is queued (`queue::PUSH_FN_LUA`), in the same atomic script.
+// KEYS: 1 idempotency key ("" if none), 2 request status key, 3 availability key ("" = no check),
+//       4-7 the hold queue's keys (`HoldQueue::keys`)
+// ARGV: 1 body hash, 2 request id, 3 status JSON, 4 availability bit, 5 ttl seconds,
+//       6 task id, 7 job JSON, 8 max attempts
 const ADMIT_LUA: &str = r"
 if KEYS[1] ~= '' then
   local prior = redis.call('GET', KEYS[1])
@@ -52,9 +71,7 @@ if KEYS[1] ~= '' then
   redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'EX', ARGV[5])
 end
 redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[5])
-if KEYS[4] then
-  push_hold(KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[6], ARGV[7], ARGV[8])
-end
+push_hold(KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[6], ARGV[7], ARGV[8])
 return {'ok', ''}
 ";
 
@@ -83,15 +100,30 @@ impl FastPath {
         &self.keys
     }
 
-    /// Registers a submission (see [`Admission`]); when admitted and `job` is given, queues
-    /// the job in the same atomic script (one round trip, nothing to undo on failure).
+    /// What an earlier use of this (scoped) idempotency key recorded, judged against
+    /// `body_hash`: `None` for a key not seen before. One `GET`, no writes.
+    pub async fn prior(
+        &self,
+        idempotency_key: &str,
+        body_hash: &str,
+    ) -> redis::RedisResult<Option<Admission>> {
+        let record: Option<String> = redis::cmd("GET")
+            .arg(self.keys.idempotency(idempotency_key))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(record.map(|r| replay_of(&r, body_hash)))
+    }
+
+    /// Registers a submission (see [`Admission`]) and, when admitted, queues `job` in the same
+    /// atomic script (one round trip, nothing to undo on failure).
     pub async fn admit(
         &self,
         view: &RequestView,
         idempotency_key: Option<&str>,
         body_hash: &str,
         precheck: bool,
-        job: Option<(&crate::queue::HoldQueue, &crate::queue::HoldJob)>,
+        queue: &crate::queue::HoldQueue,
+        job: &crate::queue::HoldJob,
     ) -> redis::RedisResult<Admission> {
         let status = serde_json::to_string(view).map_err(json_err)?;
         let idem = idempotency_key
@@ -112,30 +144,15 @@ impl FastPath {
             .arg(status)
             .arg(availability_bit(view.slot_start))
             .arg(REMEMBER.as_secs());
-        if let Some((queue, job)) = job {
-            for k in queue.keys() {
-                inv.key(k);
-            }
-            inv.arg(crate::queue::HoldQueue::task_id(job.request_id))
-                .arg(serde_json::to_vec(job).map_err(json_err)?)
-                .arg(crate::queue::MAX_ATTEMPTS);
+        for k in queue.keys() {
+            inv.key(k);
         }
+        inv.arg(crate::queue::HoldQueue::task_id(job.request_id))
+            .arg(serde_json::to_vec(job).map_err(json_err)?)
+            .arg(crate::queue::MAX_ATTEMPTS);
         let (verdict, prior): (String, String) = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(match verdict.as_str() {
-            "replay" => {
-                let (hash, id) = prior.split_once('|').unwrap_or(("", ""));
-                match id.parse() {
-                    Ok(request_id) => Admission::Replay {
-                        request_id,
-                        same_body: hash == body_hash,
-                    },
-                    // A corrupt record cannot be honoured; treat the key as reused with another body.
-                    Err(_) => Admission::Replay {
-                        request_id: Uuid::nil(),
-                        same_body: false,
-                    },
-                }
-            }
+            "replay" => replay_of(&prior, body_hash),
             "taken" => Admission::SlotTaken,
             _ => Admission::Admitted,
         })

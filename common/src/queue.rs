@@ -171,6 +171,8 @@ redis.call('LPUSH', KEYS[3], 1)
 return #ids
 ";
 
+static PROMOTE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(PROMOTE_LUA));
+
 /// Moves every due job of the scheduled ZSET to the ready list, at most `chunk` (≤ 5,000)
 /// per round trip; returns how many moved.
 pub async fn promote_due(
@@ -180,11 +182,10 @@ pub async fn promote_due(
 ) -> redis::RedisResult<u64> {
     let c = apalis_config(config);
     let chunk = chunk.clamp(1, 5000);
-    let script = Script::new(PROMOTE_LUA);
     let mut total = 0;
     loop {
         let now = Utc::now().timestamp();
-        let moved: u64 = script
+        let moved: u64 = PROMOTE
             .key(c.scheduled_jobs_set())
             .key(c.active_jobs_list())
             .key(c.signal_list())
@@ -220,8 +221,9 @@ pub struct QueueDepth {
 // argument that is never passed), so the depth is read from the queue's keys directly.
 // New jobs go straight onto the active LIST (`HoldQueue`); apalis' retries wait in the
 // scheduled ZSET scored with their run time, and are promoted once due. So "ready" is the
-// active LIST plus the due part of the ZSET, and "scheduled" its future part (retries). In-flight jobs sit in one
-// SET per registered worker, `{queue}:inflight:{worker name}` (the workers ZSET holds names).
+// active LIST plus the due part of the ZSET, and "scheduled" its future part (retries).
+// In-flight jobs sit in one SET per registered worker, `{queue}:inflight:{worker name}` (the
+// workers ZSET holds names).
 const DEPTH_LUA: &str = r"
 local now = tonumber(redis.call('TIME')[1])
 local ready = redis.call('LLEN', KEYS[1]) + redis.call('ZCOUNT', KEYS[2], '-inf', now)
@@ -251,6 +253,8 @@ end
 return {ready, scheduled, inflight, dead, oldest}
 ";
 
+static DEPTH: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(DEPTH_LUA));
+
 /// Reads the depth of the hold queue in one round trip.
 pub async fn depth(
     conn: &mut ConnectionManager,
@@ -258,7 +262,7 @@ pub async fn depth(
 ) -> redis::RedisResult<QueueDepth> {
     let c = apalis_config(config);
     let (ready, scheduled, inflight, dead, oldest_ready_age_secs): (u64, u64, u64, u64, u64) =
-        redis::Script::new(DEPTH_LUA)
+        DEPTH
             .key(c.active_jobs_list())
             .key(c.scheduled_jobs_set())
             .key(c.dead_jobs_set())

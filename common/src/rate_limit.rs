@@ -81,6 +81,10 @@ local remaining = math.floor((now + interval * burst - new_tat) / interval)
 return {1, remaining, math.ceil(new_tat - now), 0}
 ";
 
+/// Built (and its SHA-1 computed) once, not per request.
+static GCRA: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(GCRA_LUA));
+
 /// Checks and counts one request against `limit` for `key`.
 pub async fn check(
     conn: &mut ConnectionManager,
@@ -88,13 +92,12 @@ pub async fn check(
     limit: Limit,
 ) -> redis::RedisResult<Decision> {
     let interval_ms = (1000.0 / limit.per_second).max(1.0).round() as u64;
-    let (allowed, remaining, reset_ms, retry_ms): (i64, i64, i64, i64) =
-        redis::Script::new(GCRA_LUA)
-            .key(key)
-            .arg(interval_ms)
-            .arg(limit.burst)
-            .invoke_async(conn)
-            .await?;
+    let (allowed, remaining, reset_ms, retry_ms): (i64, i64, i64, i64) = GCRA
+        .key(key)
+        .arg(interval_ms)
+        .arg(limit.burst)
+        .invoke_async(conn)
+        .await?;
     Ok(Decision {
         allowed: allowed == 1,
         limit: limit.burst,

@@ -102,24 +102,25 @@ pub async fn wait_decided(
 
 /// Slots with more than one active (`held`/`confirmed`) booking, in the whole database.
 pub async fn double_bookings(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM (
-           SELECT 1 FROM bookings WHERE status IN ('held', 'confirmed')
-           GROUP BY country_code, practitioner_id, slot_start HAVING count(*) > 1) d",
-    )
-    .fetch_one(pool)
-    .await?)
+    active_groups_over_one(pool, "country_code, practitioner_id, slot_start").await
 }
 
-/// Patients with two active bookings starting at the same time, in the whole database.
+/// Patients with two active bookings starting at the same time (in any countries), in the
+/// whole database.
 pub async fn patient_overlaps(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
+    active_groups_over_one(pool, "patient_id, slot_start").await
+}
+
+/// Groups of active bookings by `columns` (a fixed column list) with more than one row.
+async fn active_groups_over_one(pool: &PgPool, columns: &'static str) -> anyhow::Result<i64> {
+    let sql = format!(
         "SELECT count(*) FROM (
            SELECT 1 FROM bookings WHERE status IN ('held', 'confirmed')
-           GROUP BY country_code, patient_id, slot_start HAVING count(*) > 1) d",
-    )
-    .fetch_one(pool)
-    .await?)
+           GROUP BY {columns} HAVING count(*) > 1) d"
+    );
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(pool)
+        .await?)
 }
 
 /// Bookings by status among `booking_ids`.

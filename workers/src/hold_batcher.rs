@@ -227,7 +227,8 @@ impl Committer {
         let now = Utc::now();
         for d in fresh {
             let v = &d.view;
-            let outcome = if v.booking_id.is_some() {
+            // Only rejections carry a reason (a rejected reschedule names its booking too).
+            let outcome = if v.reason.is_none() {
                 "held"
             } else {
                 "rejected"

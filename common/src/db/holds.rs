@@ -223,7 +223,8 @@ pub async fn commit_batch(
                 "book"
             }
             .to_owned(),
-            booking_id: o.booking_id,
+            // A rejected reschedule still names the booking it was to move.
+            booking_id: o.booking_id.or(input.reschedule),
             hold_expires_at: o.hold_expires_at,
             reason: o.reason.map(str::to_owned),
             practitioner_id: input.practitioner_id,
@@ -272,7 +273,7 @@ pub async fn commit_batch(
             super::conflicts::close(&mut tx, b.id, "rescheduled").await?;
             continue;
         }
-        let held = view.booking_id.is_some();
+        let held = o.booking_id.is_some();
         events.push(NewEvent {
             event_type: if held { types::HELD } else { types::REJECTED },
             data: BookingEventData {
@@ -286,7 +287,7 @@ pub async fn commit_batch(
                 previous_slot_start: None,
             },
         });
-        if let Some(booking_id) = view.booking_id {
+        if let Some(booking_id) = o.booking_id {
             audit.push(AuditEntry {
                 booking_id,
                 actor: "worker".into(),

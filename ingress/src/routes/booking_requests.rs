@@ -69,23 +69,20 @@ pub(crate) async fn replay(
     let Some(key) = key else {
         return Ok(None);
     };
-    let record: Option<String> = redis::cmd("GET")
-        .arg(s.fast.keys().idempotency(key))
-        .query_async(&mut s.redis.clone())
-        .await?;
-    let Some(record) = record else {
-        return Ok(None);
-    };
-    match record
-        .split_once('|')
-        .map(|(h, id)| (h, id.parse::<Uuid>()))
-    {
-        Some((prior, Ok(id))) if prior == hash => {
+    match s.fast.prior(key, hash).await? {
+        None => Ok(None),
+        Some(Admission::Replay {
+            request_id,
+            same_body: true,
+        }) => {
             // Without a status (only if it was lost), admission replays it.
-            Ok(current_view(s, id).await?.map(|v| RequestView { id, ..v }))
+            Ok(current_view(s, request_id).await?.map(|v| RequestView {
+                id: request_id,
+                ..v
+            }))
         }
         // Another body, or a corrupt record that cannot be honoured.
-        _ => Err(key_reused()),
+        Some(_) => Err(key_reused()),
     }
 }
 
@@ -251,7 +248,8 @@ pub(crate) async fn enqueue(
             key.as_deref(),
             hash,
             s.config.precheck,
-            Some((&s.queue, &job)),
+            &s.queue,
+            &job,
         )
         .await
         .map_err(|e| {
@@ -399,9 +397,6 @@ pub(crate) async fn current_view(s: &AppState, id: Uuid) -> Result<Option<Reques
         None => false,
         Some(v) if v.is_queued() => now - v.submitted_at < chrono::Duration::seconds(2),
         Some(v) if v.status == "held" => v.hold_expires_at.is_some_and(|at| at > now),
-        // The workers' rejection of a reschedule does not name the booking that was to be
-        // moved; PostgreSQL does.
-        Some(v) if v.kind == "reschedule" && v.booking_id.is_none() => false,
         Some(_) => true,
     };
     if trust_cache {
