@@ -225,7 +225,14 @@ async fn declared_length(State(state): State<AppState>, req: Request, next: Next
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > state.config.max_body_bytes as u64) {
-        return axum::response::IntoResponse::into_response(error::ApiError::PayloadTooLarge);
+        // The body is not read, so the connection cannot carry another request: say so, or a
+        // keep-alive client reuses it and its next request fails.
+        let mut res = axum::response::IntoResponse::into_response(error::ApiError::PayloadTooLarge);
+        res.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        return res;
     }
     next.run(req).await
 }
