@@ -172,13 +172,12 @@ impl Committer {
         let mut patients: Vec<_> = batch.iter().map(|p| p.job.patient_id).collect();
         patients.sort_unstable();
         patients.dedup();
-        let schedules =
-            slotq_common::db::directory::load_schedules(&self.pool, &practitioners).await?;
-        let known: HashSet<_> =
-            slotq_common::db::directory::existing_patients(&self.pool, &patients)
-                .await?
-                .into_keys()
-                .collect();
+        // Two independent reads, on two connections at once.
+        let (schedules, known) = tokio::try_join!(
+            slotq_common::db::directory::load_schedules(&self.pool, &practitioners),
+            slotq_common::db::directory::existing_patients(&self.pool, &patients),
+        )?;
+        let known: HashSet<_> = known.into_keys().collect();
         let now = Utc::now();
         let inputs: Vec<HoldInput> = batch
             .iter()

@@ -351,3 +351,50 @@ async fn concurrent_batches_of_one_patient_in_different_countries_hold_one() {
     pool.close().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decided_check_takes_every_lock_even_when_nothing_was_decided() {
+    let app = spawn(Options {
+        workers: false,
+        scheduler: false,
+        env: vec![],
+    })
+    .await;
+    let mut tx = app.pool.begin().await.unwrap();
+    // No request of these ids exists: the statement reads no row, yet locks all three keys.
+    let views = slotq_common::db::requests::decided_views_locking(
+        &mut tx,
+        &[Uuid::now_v7(), Uuid::now_v7()],
+        &[-5, 7, 11],
+    )
+    .await
+    .unwrap();
+    assert!(views.is_empty());
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks
+         WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(held, 3);
+    // Another session cannot take one of them until the transaction ends.
+    let mut other = app.pool.acquire().await.unwrap();
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(7)")
+        .fetch_one(&mut *other)
+        .await
+        .unwrap();
+    assert!(!free, "key 7 should be held by the open transaction");
+    tx.rollback().await.unwrap();
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(7)")
+        .fetch_one(&mut *other)
+        .await
+        .unwrap();
+    assert!(free, "the transaction's locks end with it");
+    sqlx::query("SELECT pg_advisory_unlock(7)")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    drop(other);
+    app.stop().await;
+}

@@ -78,6 +78,41 @@ pub struct NewEvent {
     pub data: BookingEventData,
 }
 
+/// Outbox rows as the column arrays of an `unnest` insert.
+pub(crate) struct EventColumns {
+    pub(crate) ids: Vec<Uuid>,
+    pub(crate) kinds: Vec<&'static str>,
+    pub(crate) aggregates: Vec<Uuid>,
+    pub(crate) keys: Vec<String>,
+    pub(crate) payloads: Vec<serde_json::Value>,
+}
+
+impl EventColumns {
+    pub(crate) fn of<'a>(
+        events: impl ExactSizeIterator<Item = &'a NewEvent>,
+    ) -> Result<Self, sqlx::Error> {
+        let n = events.len();
+        let mut c = EventColumns {
+            ids: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            aggregates: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+        };
+        for e in events {
+            c.ids.push(Uuid::now_v7());
+            c.kinds.push(e.event_type);
+            c.aggregates
+                .push(e.data.booking_id.unwrap_or(e.data.request_id));
+            c.keys.push(e.data.practitioner_id.to_string());
+            c.payloads.push(
+                serde_json::to_value(&e.data).map_err(|err| sqlx::Error::Encode(Box::new(err)))?,
+            );
+        }
+        Ok(c)
+    }
+}
+
 /// Appends events to the outbox.
 pub async fn insert_events(
     conn: &mut PgConnection,
@@ -86,28 +121,16 @@ pub async fn insert_events(
     if events.is_empty() {
         return Ok(());
     }
-    let mut ids = Vec::with_capacity(events.len());
-    let mut kinds = Vec::with_capacity(events.len());
-    let mut aggregates = Vec::with_capacity(events.len());
-    let mut keys = Vec::with_capacity(events.len());
-    let mut payloads = Vec::with_capacity(events.len());
-    for e in events {
-        ids.push(Uuid::now_v7());
-        kinds.push(e.event_type);
-        aggregates.push(e.data.booking_id.unwrap_or(e.data.request_id));
-        keys.push(e.data.practitioner_id.to_string());
-        payloads
-            .push(serde_json::to_value(&e.data).map_err(|err| sqlx::Error::Encode(Box::new(err)))?);
-    }
+    let c = EventColumns::of(events.iter())?;
     sqlx::query(
         "INSERT INTO outbox (event_id, type, aggregate_id, key, payload)
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::jsonb[])",
     )
-    .bind(&ids)
-    .bind(&kinds)
-    .bind(&aggregates)
-    .bind(&keys)
-    .bind(&payloads)
+    .bind(&c.ids)
+    .bind(&c.kinds)
+    .bind(&c.aggregates)
+    .bind(&c.keys)
+    .bind(&c.payloads)
     .execute(conn)
     .await?;
     Ok(())
@@ -132,6 +155,42 @@ pub struct AuditEntry {
     pub request_id: Option<String>,
 }
 
+/// Audit rows as the column arrays of an `unnest` insert.
+pub(crate) struct AuditColumns<'a> {
+    pub(crate) bookings: Vec<Uuid>,
+    pub(crate) actors: Vec<&'a str>,
+    pub(crate) roles: Vec<&'a str>,
+    pub(crate) actions: Vec<&'static str>,
+    pub(crate) froms: Vec<Option<&'static str>>,
+    pub(crate) tos: Vec<&'static str>,
+    pub(crate) requests: Vec<Option<&'a str>>,
+}
+
+impl<'a> AuditColumns<'a> {
+    pub(crate) fn of(entries: impl ExactSizeIterator<Item = &'a AuditEntry>) -> Self {
+        let n = entries.len();
+        let mut c = AuditColumns {
+            bookings: Vec::with_capacity(n),
+            actors: Vec::with_capacity(n),
+            roles: Vec::with_capacity(n),
+            actions: Vec::with_capacity(n),
+            froms: Vec::with_capacity(n),
+            tos: Vec::with_capacity(n),
+            requests: Vec::with_capacity(n),
+        };
+        for e in entries {
+            c.bookings.push(e.booking_id);
+            c.actors.push(e.actor.as_str());
+            c.roles.push(e.actor_role.as_str());
+            c.actions.push(e.action);
+            c.froms.push(e.from.map(BookingStatus::as_str));
+            c.tos.push(e.to.as_str());
+            c.requests.push(e.request_id.as_deref());
+        }
+        c
+    }
+}
+
 /// Appends audit rows.
 pub async fn insert_audit(
     conn: &mut PgConnection,
@@ -140,27 +199,18 @@ pub async fn insert_audit(
     if entries.is_empty() {
         return Ok(());
     }
-    let bookings: Vec<Uuid> = entries.iter().map(|e| e.booking_id).collect();
-    let actors: Vec<&str> = entries.iter().map(|e| e.actor.as_str()).collect();
-    let roles: Vec<&str> = entries.iter().map(|e| e.actor_role.as_str()).collect();
-    let actions: Vec<&str> = entries.iter().map(|e| e.action).collect();
-    let froms: Vec<Option<&str>> = entries
-        .iter()
-        .map(|e| e.from.map(BookingStatus::as_str))
-        .collect();
-    let tos: Vec<&str> = entries.iter().map(|e| e.to.as_str()).collect();
-    let requests: Vec<Option<&str>> = entries.iter().map(|e| e.request_id.as_deref()).collect();
+    let c = AuditColumns::of(entries.iter());
     sqlx::query(
         "INSERT INTO audit_log (booking_id, actor, action, from_status, to_status, request_id, actor_role)
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])",
     )
-    .bind(&bookings)
-    .bind(&actors)
-    .bind(&actions)
-    .bind(&froms)
-    .bind(&tos)
-    .bind(&requests)
-    .bind(&roles)
+    .bind(&c.bookings)
+    .bind(&c.actors)
+    .bind(&c.actions)
+    .bind(&c.froms)
+    .bind(&c.tos)
+    .bind(&c.requests)
+    .bind(&c.roles)
     .execute(conn)
     .await?;
     Ok(())

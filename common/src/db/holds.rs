@@ -10,7 +10,11 @@
 //! 3. the losers are classified (`slot_taken` or `patient_conflict`);
 //! 4. reschedules move their booking with one conditional `UPDATE` each, under a savepoint:
 //!    the same unique indexes decide, and a lost race changes nothing (ADR-001);
-//! 5. every decision is recorded in `booking_requests`, with outbox and audit rows.
+//! 5. every decision is recorded in `booking_requests`, with its outbox and audit rows, in one
+//!    statement.
+//!
+//! A batch without reschedules or losers is five round trips: `BEGIN`, the decided check
+//! (which also takes the locks below), the insert, the record, `COMMIT`.
 //!
 //! A patient may not hold two active bookings that start at the same time, in any countries
 //! (DESIGN §3). `bookings` is LIST-partitioned by country, and a unique index of a partitioned
@@ -26,8 +30,8 @@
 //! multi-row insert cannot arbitrate on a second table, so a loser on the practitioner's slot
 //! would still claim the patient's instant.) Candidates of one patient at one instant in
 //! several countries of the same batch are inserted in rounds, one country each, in order of
-//! submission, so that the earliest one that can win does. A batch without such duplicates
-//! costs one extra round trip (the locks); a batch without candidates none.
+//! submission, so that the earliest one that can win does. The locks cost no round trip of
+//! their own: the statement of step 1 takes them.
 //!
 //! If a concurrent transaction recorded one of our winners' requests first (the same job
 //! delivered twice at once), the batch is rolled back and retried: step 1 then finds the
@@ -44,8 +48,8 @@ use uuid::Uuid;
 
 use super::{
     bookings::{Booking, lock_booking},
-    events::{AuditEntry, BookingEventData, NewEvent, insert_audit, insert_events, types},
-    requests::{RequestView, decided_views},
+    events::{AuditColumns, AuditEntry, BookingEventData, EventColumns, NewEvent, types},
+    requests::{RequestView, decided_views, decided_views_locking},
 };
 use crate::domain::status::{BookingEvent, BookingStatus};
 
@@ -146,15 +150,24 @@ pub async fn commit_batch(
     inputs: &[HoldInput],
     hold_ttl: Duration,
 ) -> Result<Vec<Decided>, BatchError> {
-    let mut tx = pool.begin().await?;
     let mut seen = HashSet::with_capacity(inputs.len());
     let all_ids: Vec<Uuid> = inputs
         .iter()
         .map(|i| i.request_id)
         .filter(|id| seen.insert(*id))
         .collect();
+    // The (patient, instant) locks of every candidate — new holds and reschedule targets —
+    // are taken by the same statement that finds the already-decided requests (a redelivered
+    // one's lock is one more than needed, and harmless).
+    let lock_keys = patient_slot_lock_keys(
+        inputs
+            .iter()
+            .filter(|i| matches!(i.verdict, Verdict::Candidate { .. }))
+            .map(|i| (i.patient_id, i.slot_start)),
+    );
 
-    let mut decided: Vec<Decided> = decided_views(&mut *tx, &all_ids)
+    let mut tx = pool.begin().await?;
+    let mut decided: Vec<Decided> = decided_views_locking(&mut tx, &all_ids, &lock_keys)
         .await?
         .into_iter()
         .map(|view| Decided {
@@ -193,14 +206,6 @@ pub async fn commit_batch(
     let (mut holds, mut moves): (Vec<_>, Vec<_>) = candidates
         .into_iter()
         .partition(|c| c.0.reschedule.is_none());
-    lock_patient_slots(
-        &mut tx,
-        holds
-            .iter()
-            .chain(moves.iter())
-            .map(|(i, _, _)| (i.patient_id, i.slot_start)),
-    )
-    .await?;
     insert_holds(&mut tx, &mut holds, hold_ttl, &mut outcomes).await?;
     moves.sort_by_key(|(i, _, _)| (i.submitted_at, i.request_id));
     for (input, country, end) in moves {
@@ -235,7 +240,69 @@ pub async fn commit_batch(
         };
         views.push((view, o));
     }
-    let recorded = record_decisions(&mut tx, &pending, &views).await?;
+    // The events and audit rows of every decision, written by the statement that records the
+    // decisions, for the recorded ones only.
+    let mut events = Vec::with_capacity(views.len());
+    let mut audit = Vec::new();
+    for (view, o) in &views {
+        if let Some(b) = &o.moved {
+            events.push((
+                view.id,
+                NewEvent {
+                    event_type: types::RESCHEDULED,
+                    data: BookingEventData {
+                        previous_slot_start: o.previous_slot,
+                        ..b.event_data(None)
+                    },
+                },
+            ));
+            audit.push((
+                view.id,
+                AuditEntry {
+                    booking_id: b.id,
+                    actor: "worker".into(),
+                    actor_role: "system".into(),
+                    action: "reschedule",
+                    from: Some(b.status),
+                    to: b.status,
+                    request_id: Some(view.id.to_string()),
+                },
+            ));
+            continue;
+        }
+        let held = o.booking_id.is_some();
+        events.push((
+            view.id,
+            NewEvent {
+                event_type: if held { types::HELD } else { types::REJECTED },
+                data: BookingEventData {
+                    booking_id: view.booking_id,
+                    request_id: view.id,
+                    practitioner_id: view.practitioner_id,
+                    patient_id: view.patient_id,
+                    slot_start: view.slot_start,
+                    status: view.status.clone(),
+                    reason: view.reason.clone(),
+                    previous_slot_start: None,
+                },
+            },
+        ));
+        if let Some(booking_id) = o.booking_id {
+            audit.push((
+                view.id,
+                AuditEntry {
+                    booking_id,
+                    actor: "worker".into(),
+                    actor_role: "system".into(),
+                    action: "hold",
+                    from: None,
+                    to: BookingStatus::Held,
+                    request_id: Some(view.id.to_string()),
+                },
+            ));
+        }
+    }
+    let recorded = record_decisions(&mut tx, &pending, &views, &events, &audit).await?;
     if views
         .iter()
         .any(|(v, o)| (o.booking_id.is_some()) && !recorded.contains_key(&v.id))
@@ -244,8 +311,6 @@ pub async fn commit_batch(
         return Err(BatchError::Raced);
     }
 
-    let mut events = Vec::with_capacity(views.len());
-    let mut audit = Vec::new();
     let mut lost_race = Vec::new();
     for (view, o) in &mut views {
         let Some(at) = recorded.get(&view.id) else {
@@ -254,53 +319,9 @@ pub async fn commit_batch(
         };
         view.decided_at = Some(*at);
         if let Some(b) = &o.moved {
-            events.push(NewEvent {
-                event_type: types::RESCHEDULED,
-                data: BookingEventData {
-                    previous_slot_start: o.previous_slot,
-                    ..b.event_data(None)
-                },
-            });
-            audit.push(AuditEntry {
-                booking_id: b.id,
-                actor: "worker".into(),
-                actor_role: "system".into(),
-                action: "reschedule",
-                from: Some(b.status),
-                to: b.status,
-                request_id: Some(view.id.to_string()),
-            });
             super::conflicts::close(&mut tx, b.id, "rescheduled").await?;
-            continue;
-        }
-        let held = o.booking_id.is_some();
-        events.push(NewEvent {
-            event_type: if held { types::HELD } else { types::REJECTED },
-            data: BookingEventData {
-                booking_id: view.booking_id,
-                request_id: view.id,
-                practitioner_id: view.practitioner_id,
-                patient_id: view.patient_id,
-                slot_start: view.slot_start,
-                status: view.status.clone(),
-                reason: view.reason.clone(),
-                previous_slot_start: None,
-            },
-        });
-        if let Some(booking_id) = o.booking_id {
-            audit.push(AuditEntry {
-                booking_id,
-                actor: "worker".into(),
-                actor_role: "system".into(),
-                action: "hold",
-                from: None,
-                to: BookingStatus::Held,
-                request_id: Some(view.id.to_string()),
-            });
         }
     }
-    insert_events(&mut tx, &events).await?;
-    insert_audit(&mut tx, &audit).await?;
     // Rejections decided concurrently by another delivery: report what was recorded.
     let raced = if lost_race.is_empty() {
         Vec::new()
@@ -442,26 +463,16 @@ pub fn patient_slot_lock_key(patient_id: Uuid, slot_start: DateTime<Utc>) -> i64
     i64::from_be_bytes(hash.to_be_bytes())
 }
 
-/// Locks (until the transaction ends) the instants of the patients the batch may book or
-/// move, in sorted key order, in one statement; nothing when there are none.
-async fn lock_patient_slots(
-    tx: &mut PgConnection,
-    slots: impl Iterator<Item = (Uuid, DateTime<Utc>)>,
-) -> Result<(), sqlx::Error> {
+/// The advisory-lock keys of these (patient, instant) pairs, sorted and without duplicates:
+/// taken in this order (a function scan returns an array's elements in order), two batches
+/// wait for each other on these locks, never deadlock.
+fn patient_slot_lock_keys(slots: impl Iterator<Item = (Uuid, DateTime<Utc>)>) -> Vec<i64> {
     let mut keys: Vec<i64> = slots
         .map(|(patient, start)| patient_slot_lock_key(patient, start))
         .collect();
-    if keys.is_empty() {
-        return Ok(());
-    }
     keys.sort_unstable();
     keys.dedup();
-    // A function scan returns the array's elements in order, so the locks are taken in order.
-    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS t(k)")
-        .bind(&keys)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+    keys
 }
 
 /// The insert round of each (sorted) candidate: 0, unless its patient asks for the same
@@ -637,12 +648,15 @@ async fn move_booking(
     }
 }
 
-/// Step 5: records the decisions; returns when each was recorded (absent: recorded earlier by
-/// a concurrent delivery of the same request).
+/// Step 5: records the decisions, and writes the outbox events and audit rows of the recorded
+/// ones, in one statement; returns when each was recorded (absent: recorded earlier by a
+/// concurrent delivery of the same request, whose events were written by that delivery).
 async fn record_decisions(
     tx: &mut PgConnection,
     pending: &[&HoldInput],
     views: &[(RequestView, Outcome)],
+    events: &[(Uuid, NewEvent)],
+    audit: &[(Uuid, AuditEntry)],
 ) -> Result<HashMap<Uuid, DateTime<Utc>>, sqlx::Error> {
     let ids: Vec<Uuid> = views.iter().map(|(v, _)| v.id).collect();
     let keys: Vec<Option<&str>> = pending
@@ -667,17 +681,43 @@ async fn record_decisions(
     let bks: Vec<Option<Uuid>> = views.iter().map(|(_, o)| o.booking_id).collect();
     let kinds: Vec<&str> = views.iter().map(|(v, _)| v.kind.as_str()).collect();
     let targets: Vec<Option<Uuid>> = pending.iter().map(|i| i.reschedule).collect();
+    let ev = EventColumns::of(events.iter().map(|(_, e)| e))?;
+    let ev_requests: Vec<Uuid> = events.iter().map(|(r, _)| *r).collect();
+    let au = AuditColumns::of(audit.iter().map(|(_, a)| a));
+    let au_requests: Vec<Uuid> = audit.iter().map(|(r, _)| *r).collect();
+    // Outbox rows are inserted in the order given (their serial ids keep it), so the relay
+    // publishes a batch's events in the order the requests were decided.
     let recorded: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
-        "INSERT INTO booking_requests (id, idempotency_key, patient_id, practitioner_id, slot_start,
-                                       submitted_at, outcome, reason, booking_id, kind,
-                                       target_booking_id, decided_at)
-         SELECT u.id, u.k, u.pa, u.pr, u.s, u.sub, u.o::request_outcome, u.r, u.b, u.kind::request_kind,
-                u.t, clock_timestamp()
-         FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::timestamptz[],
-                     $6::timestamptz[], $7::text[], $8::text[], $9::uuid[], $10::text[], $11::uuid[])
-              AS u(id, k, pa, pr, s, sub, o, r, b, kind, t)
-         ON CONFLICT (id) DO NOTHING
-         RETURNING id, decided_at",
+        "WITH rec AS (
+             INSERT INTO booking_requests (id, idempotency_key, patient_id, practitioner_id,
+                                           slot_start, submitted_at, outcome, reason, booking_id,
+                                           kind, target_booking_id, decided_at)
+             SELECT u.id, u.k, u.pa, u.pr, u.s, u.sub, u.o::request_outcome, u.r, u.b,
+                    u.kind::request_kind, u.t, clock_timestamp()
+             FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::timestamptz[],
+                         $6::timestamptz[], $7::text[], $8::text[], $9::uuid[], $10::text[],
+                         $11::uuid[])
+                  AS u(id, k, pa, pr, s, sub, o, r, b, kind, t)
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id, decided_at
+         ), ev AS (
+             INSERT INTO outbox (event_id, type, aggregate_id, key, payload)
+             SELECT e.id, e.t, e.a, e.k, e.p
+             FROM unnest($12::uuid[], $13::text[], $14::uuid[], $15::text[], $16::jsonb[],
+                         $17::uuid[]) WITH ORDINALITY AS e(id, t, a, k, p, req, ord)
+             WHERE e.req IN (SELECT id FROM rec)
+             ORDER BY e.ord
+         ), au AS (
+             INSERT INTO audit_log (booking_id, actor, action, from_status, to_status,
+                                    request_id, actor_role)
+             SELECT a.b, a.ac, a.act, a.f, a.t, a.r, a.ro
+             FROM unnest($18::uuid[], $19::text[], $20::text[], $21::text[], $22::text[],
+                         $23::text[], $24::text[], $25::uuid[])
+                  WITH ORDINALITY AS a(b, ac, act, f, t, r, ro, req, ord)
+             WHERE a.req IN (SELECT id FROM rec)
+             ORDER BY a.ord
+         )
+         SELECT id, decided_at FROM rec",
     )
     .bind(&ids)
     .bind(&keys)
@@ -690,6 +730,20 @@ async fn record_decisions(
     .bind(&bks)
     .bind(&kinds)
     .bind(&targets)
+    .bind(&ev.ids)
+    .bind(&ev.kinds)
+    .bind(&ev.aggregates)
+    .bind(&ev.keys)
+    .bind(&ev.payloads)
+    .bind(&ev_requests)
+    .bind(&au.bookings)
+    .bind(&au.actors)
+    .bind(&au.actions)
+    .bind(&au.froms)
+    .bind(&au.tos)
+    .bind(&au.requests)
+    .bind(&au.roles)
+    .bind(&au_requests)
     .fetch_all(&mut *tx)
     .await?;
     Ok(recorded.into_iter().collect())

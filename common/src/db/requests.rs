@@ -94,15 +94,19 @@ impl From<Row> for RequestView {
     }
 }
 
-const DECIDED_VIEWS: &str =
-    "SELECT r.id, r.kind::text AS kind, r.outcome::text AS outcome, r.reason,
+macro_rules! decided_views_sql {
+    () => {
+        "SELECT r.id, r.kind::text AS kind, r.outcome::text AS outcome, r.reason,
         COALESCE(r.booking_id, r.target_booking_id) AS booking_id, r.practitioner_id,
         r.patient_id, r.slot_start, r.submitted_at, r.decided_at, b.status, b.hold_expires_at
     FROM unnest($1::uuid[]) AS q(id)
     CROSS JOIN LATERAL (SELECT * FROM booking_requests WHERE id = q.id) r
     LEFT JOIN LATERAL (
         SELECT status, hold_expires_at FROM bookings WHERE id = r.booking_id LIMIT 1
-    ) b ON true";
+    ) b ON true"
+    };
+}
+const DECIDED_VIEWS: &str = decided_views_sql!();
 // One primary-key probe per id and one `bookings (id)` probe per found request, whatever the
 // statistics say. As `WHERE r.id = ANY($1) … JOIN bookings`, PostgreSQL planned a sequential
 // scan of `booking_requests` (chosen while the table held ~9,000 rows, kept while it grew) and
@@ -120,6 +124,29 @@ where
         .bind(ids)
         .fetch_all(executor)
         .await?;
+    Ok(rows.into_iter().map(RequestView::from).collect())
+}
+
+/// [`decided_views`], and in the same statement (before it reads a row) the transaction-level
+/// advisory locks `lock_keys`, in the order given.
+pub async fn decided_views_locking(
+    conn: &mut sqlx::PgConnection,
+    ids: &[Uuid],
+    lock_keys: &[i64],
+) -> Result<Vec<RequestView>, sqlx::Error> {
+    if lock_keys.is_empty() {
+        return decided_views(conn, ids).await;
+    }
+    // An uncorrelated condition is a one-time filter: PostgreSQL evaluates it (taking every
+    // lock) when the statement starts, before and whether or not any row is read.
+    let rows: Vec<Row> = sqlx::query_as(concat!(
+        decided_views_sql!(),
+        " WHERE (SELECT count(pg_advisory_xact_lock(k)) FROM unnest($2::bigint[]) AS l(k)) >= 0"
+    ))
+    .bind(ids)
+    .bind(lock_keys)
+    .fetch_all(conn)
+    .await?;
     Ok(rows.into_iter().map(RequestView::from).collect())
 }
 
