@@ -30,8 +30,9 @@ export JWT_HS256_SECRET="${JWT_HS256_SECRET:-bench-jwt-secret}"
 export PAYMENT_WEBHOOK_SECRET="${PAYMENT_WEBHOOK_SECRET:-bench-payment-secret}"
 # One client IP sends everything; the service token is exempt anyway.
 export RATE_LIMIT_ENABLED=0
-# Short holds so the mixed scenario sees its unpaid holds expire.
-export HOLD_TTL_SECS="${HOLD_TTL_SECS:-10}"
+# Short holds so the mixed scenario sees its unpaid holds expire, yet long enough that a
+# throughput round (10 s and its drain) is measured before the scheduler starts expiring it.
+export HOLD_TTL_SECS="${HOLD_TTL_SECS:-30}"
 export EXPIRY_INTERVAL_MS="${EXPIRY_INTERVAL_MS:-500}"
 export RUST_LOG="${RUST_LOG:-warn}"
 export SLOTQ_URL="http://$HTTP_ADDR"

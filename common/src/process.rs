@@ -31,6 +31,46 @@ pub async fn connect(
     Ok((pool, redis))
 }
 
+/// What a background service (workers, scheduler) starts with: its connections, its metrics
+/// registry, and its admin listener (`/metrics`, `/healthz`, `/readyz` on `ADMIN_ADDR`) until
+/// `shutdown`. `on_admin` gets the bound address.
+pub struct Started {
+    /// PostgreSQL pool.
+    pub pool: PgPool,
+    /// Redis connection.
+    pub redis: ConnectionManager,
+    /// The process's metrics (served by the admin listener).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+/// Connects (see [`connect`]), creates the metrics registry and binds the admin listener.
+pub async fn start(
+    config: &Config,
+    max_connections: u32,
+    shutdown: &Shutdown,
+    on_admin: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<Started> {
+    let (pool, redis) = connect(config, max_connections).await?;
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let addr = crate::admin::serve(
+        config.admin_addr,
+        crate::admin::AdminState {
+            metrics: metrics.clone(),
+            pool: pool.clone(),
+            redis: redis.clone(),
+        },
+        shutdown.clone().wait(),
+    )
+    .await
+    .context("binding ADMIN_ADDR")?;
+    on_admin(addr);
+    Ok(Started {
+        pool,
+        redis,
+        metrics,
+    })
+}
+
 /// The `migrate` subcommand: applies migrations, then encrypts patient data written before
 /// encryption existed or under a retired key.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {

@@ -7,16 +7,9 @@ pub mod outbox_retention;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use anyhow::Context;
 use chrono::Utc;
 use redis::aio::ConnectionManager;
-use slotq_common::{
-    admin::{self, AdminState},
-    config::Config,
-    fast_path::FastPath,
-    metrics::Metrics,
-    shutdown::Shutdown,
-};
+use slotq_common::{config::Config, fast_path::FastPath, metrics::Metrics, shutdown::Shutdown};
 use sqlx::PgPool;
 
 /// One expiry sweep: expires due holds batch by batch until none is due. Returns how many.
@@ -86,21 +79,17 @@ pub async fn run(
     on_admin: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let (pool, redis) =
-        slotq_common::process::connect(&config, config.db_max_connections.min(4)).await?;
-    let metrics = Arc::new(Metrics::new());
-    let addr = admin::serve(
-        config.admin_addr,
-        AdminState {
-            metrics: metrics.clone(),
-            pool: pool.clone(),
-            redis: redis.clone(),
-        },
-        shutdown.clone().wait(),
+    let slotq_common::process::Started {
+        pool,
+        redis,
+        metrics,
+    } = slotq_common::process::start(
+        &config,
+        config.db_max_connections.min(4),
+        &shutdown,
+        on_admin,
     )
-    .await
-    .context("binding ADMIN_ADDR")?;
-    on_admin(addr);
+    .await?;
     let fast = FastPath::new(redis.clone(), &config.redis_namespace);
     let mut conn = redis;
     let mut retention = outbox_retention::Schedule::new(&config);

@@ -16,12 +16,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use apalis::prelude::*;
 use slotq_common::{
-    admin::{self, AdminState},
-    config::Config,
-    fast_path::FastPath,
-    metrics::Metrics,
-    queue::HoldJob,
-    shutdown::Shutdown,
+    config::Config, fast_path::FastPath, metrics::Metrics, queue::HoldJob, shutdown::Shutdown,
 };
 
 use crate::hold_batcher::{Batcher, Committer};
@@ -201,20 +196,12 @@ pub async fn run(
     on_admin: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let (pool, redis) = slotq_common::process::connect(&config, config.db_max_connections).await?;
-    let metrics = Arc::new(Metrics::new());
-    let admin_addr = admin::serve(
-        config.admin_addr,
-        AdminState {
-            metrics: metrics.clone(),
-            pool: pool.clone(),
-            redis: redis.clone(),
-        },
-        shutdown.clone().wait(),
-    )
-    .await
-    .context("binding ADMIN_ADDR")?;
-    on_admin(admin_addr);
+    let slotq_common::process::Started {
+        pool,
+        redis,
+        metrics,
+    } = slotq_common::process::start(&config, config.db_max_connections, &shutdown, on_admin)
+        .await?;
     spawn_depth_refresher(
         redis.clone(),
         config.clone(),
