@@ -60,8 +60,9 @@ pub struct Claims {
     pub patient_id: Option<Uuid>,
     /// Issuer.
     pub iss: String,
-    /// Audience.
-    pub aud: String,
+    /// Audience: one string or an array of strings (RFC 7519 §4.1.3); validation requires
+    /// ours among them.
+    pub aud: Audience,
     /// Expiry (unix seconds).
     pub exp: i64,
     /// Not before (unix seconds).
@@ -70,6 +71,28 @@ pub struct Claims {
     /// Issued at (unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
+}
+
+/// The `aud` claim as issued: identity providers send a string or an array.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// `"aud": "slotq-api"`.
+    One(String),
+    /// `"aud": ["slotq-api", …]`.
+    Many(Vec<String>),
+}
+
+impl From<String> for Audience {
+    fn from(a: String) -> Self {
+        Audience::One(a)
+    }
+}
+
+impl From<&str> for Audience {
+    fn from(a: &str) -> Self {
+        Audience::One(a.to_owned())
+    }
 }
 
 /// An authenticated caller.
@@ -216,6 +239,10 @@ impl Verifier {
             }
             _ => {}
         }
+        if c.sub.trim().is_empty() {
+            // The subject is the audit actor and the idempotency scope: it must name someone.
+            return Err(AuthError::Invalid("token has an empty sub".into()));
+        }
         Ok(Principal {
             sub: c.sub,
             role: c.role,
@@ -312,7 +339,7 @@ pub fn claims(
         clinic_id,
         patient_id,
         iss: config.issuer.clone(),
-        aud: config.audience.clone(),
+        aud: config.audience.clone().into(),
         exp: now + ttl.as_secs() as i64,
         nbf: Some(now),
         iat: Some(now),
@@ -356,10 +383,21 @@ mod tests {
         wrong_iss.iss = "evil".into();
         let mut not_yet = claims(&c, Role::Ops, "ann", None, None, Duration::from_secs(600));
         not_yet.nbf = Some(chrono::Utc::now().timestamp() + 300);
-        for bad in [expired, wrong_aud, wrong_iss, not_yet] {
+        let mut other_auds = claims(&c, Role::Ops, "ann", None, None, Duration::from_secs(60));
+        other_auds.aud = Audience::Many(vec!["a".into(), "b".into()]);
+        let mut empty_sub = claims(&c, Role::Ops, " ", None, None, Duration::from_secs(60));
+        empty_sub.sub = String::new();
+        for bad in [
+            expired, wrong_aud, wrong_iss, not_yet, other_auds, empty_sub,
+        ] {
             let t = mint_hs256("s3cret", &bad).unwrap();
             assert!(v.verify(&t).await.is_err(), "{bad:?}");
         }
+        // Identity providers often issue `aud` as an array: ours among others passes.
+        let mut auds = claims(&c, Role::Ops, "ann", None, None, Duration::from_secs(60));
+        auds.aud = Audience::Many(vec!["other".into(), c.audience.clone()]);
+        let t = mint_hs256("s3cret", &auds).unwrap();
+        assert_eq!(v.verify(&t).await.unwrap().sub, "ann");
         let wrong_key = mint_hs256(
             "other",
             &claims(&c, Role::Ops, "ann", None, None, Duration::from_secs(60)),

@@ -33,6 +33,13 @@ pub struct HoldJob {
     /// The HTTP request id, so worker logs can be joined to ingress logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// Who asked (the token's `sub`), for the audit log; jobs queued before this field
+    /// existed are audited as the worker's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// The asker's role (`patient`, `clinic_admin`, `service`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_role: Option<String>,
 }
 
 /// apalis storage of hold jobs.
@@ -294,9 +301,12 @@ mod tests {
             idempotency_key: None,
             reschedule: None,
             trace_id: Some("abc".into()),
+            actor: Some("ann".into()),
+            actor_role: None,
         };
         let json = serde_json::to_string(&job).expect("serializes");
         assert!(!json.contains("idempotency_key"));
+        assert!(!json.contains("actor_role"));
         let back: HoldJob = serde_json::from_str(&json).expect("deserializes");
         assert_eq!(back, job);
     }

@@ -66,6 +66,21 @@ async fn a_valid_signature_confirms_and_a_duplicate_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negative_amount_is_refused_and_changes_nothing() {
+    let app = spawn(Options::default()).await;
+    let (_, booking) = held_booking(&app, 630).await;
+    let mut bad = event("evt_neg", "payment.succeeded", booking);
+    bad["amount"] = json!(-5);
+    let (s, problem) = app.pay(&bad, &app.secret, now()).await;
+    assert_eq!(s, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "amount", "{problem}");
+    let (_, b) = app.get(&format!("/v1/bookings/{booking}")).await;
+    assert_eq!(b["status"], "held");
+    assert_eq!(app.count("SELECT count(*) FROM payment_events").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_signatures_and_stale_timestamps_are_refused_and_change_nothing() {
     let app = spawn(Options::default()).await;
     let (_, booking) = held_booking(&app, 660).await;

@@ -460,7 +460,7 @@ async fn a_confirmed_booking_stays_confirmed_when_rescheduled_and_frees_its_old_
 async fn illegal_transitions_are_409_and_visit_outcomes_wait_for_the_visit() {
     let app = spawn(Options::default()).await;
     let fx = app.fixture().await;
-    let (_, booking) = app
+    let (request, booking) = app
         .hold(fx.patient_id, fx.practitioner_id, slot(3, 600))
         .await;
     let (s, body) = app
@@ -484,6 +484,9 @@ async fn illegal_transitions_are_409_and_visit_outcomes_wait_for_the_visit() {
         .await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["status"], "completed");
+    // The request keeps to DESIGN §5's statuses: its booking was a confirmed one.
+    let (_, polled) = app.get(&format!("/v1/booking-requests/{request}")).await;
+    assert_eq!(polled["status"], "confirmed", "{polled}");
     assert_eq!(
         app.post(&format!("/v1/bookings/{booking}/no-show"), &json!({}))
             .await
@@ -586,6 +589,15 @@ async fn listings_page_through_bookings_and_search_finds_free_slots_earliest_fir
         .0,
         422
     );
+    // A window that ends before it starts is a client mistake, not an empty page.
+    let (status, problem) = app
+        .get(&format!(
+            "/v1/practitioners/{}/bookings?from=2026-12-10&to=2026-12-01",
+            fx.practitioner_id
+        ))
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "to", "{problem}");
 
     // Search: a second practitioner of another specialty; the held slots are not offered.
     let (_, other) = app

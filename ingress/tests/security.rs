@@ -507,6 +507,16 @@ async fn the_audit_log_is_append_only_and_names_the_actor() {
         )
         .await;
     assert_eq!(s, 200, "{trail}");
+    // The hold was made by the worker for whoever submitted (the test's service token).
+    let first = trail["items"].as_array().unwrap().first().unwrap().clone();
+    assert_eq!(
+        (
+            first["action"].as_str(),
+            first["actor"].as_str(),
+            first["actor_role"].as_str()
+        ),
+        (Some("hold"), Some("test-service"), Some("service"))
+    );
     let last = trail["items"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(
         (

@@ -207,6 +207,10 @@ impl Committer {
                     submitted_at: j.submitted_at,
                     idempotency_key: j.idempotency_key.clone(),
                     reschedule: j.reschedule,
+                    actor: j
+                        .actor
+                        .clone()
+                        .map(|a| (a, j.actor_role.clone().unwrap_or_default())),
                     verdict,
                 }
             })

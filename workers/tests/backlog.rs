@@ -50,6 +50,8 @@ fn unknown_patient_job(practitioner_id: Uuid, i: u32) -> HoldJob {
         idempotency_key: None,
         reschedule: None,
         trace_id: None,
+        actor: None,
+        actor_role: None,
     }
 }
 

@@ -91,6 +91,18 @@ async fn a_patient_holding_a_slot_in_one_country_cannot_hold_the_same_time_in_an
         .get(&format!("/v1/bookings/{}", booking_of(&second)))
         .await;
     assert_eq!(b["slot_start"], json!(later), "the booking stayed: {b}");
+    // Its event is about the request (the CloudEvents subject), not the booking, which did
+    // not change; the data still names the booking it was to move.
+    let (aggregate, data): (Uuid, Value) = sqlx::query_as(
+        "SELECT aggregate_id, payload FROM outbox
+         WHERE type = 'booking.rejected' AND payload->>'request_id' = $1",
+    )
+    .bind(moved["id"].as_str().unwrap())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(aggregate.to_string(), moved["id"].as_str().unwrap());
+    assert_eq!(data["booking_id"], json!(booking_of(&second)));
 
     // Once the first booking is cancelled, the time is the patient's to take abroad.
     let (s, v) = app
@@ -195,6 +207,7 @@ fn candidate(
         submitted_at: base + chrono::Duration::milliseconds(order),
         idempotency_key: None,
         reschedule: None,
+        actor: None,
         verdict: Verdict::Candidate {
             country_code: country.to_owned(),
             slot_end: at + chrono::Duration::minutes(30),

@@ -102,8 +102,13 @@ impl EventColumns {
         for e in events {
             c.ids.push(Uuid::now_v7());
             c.kinds.push(e.event_type);
-            c.aggregates
-                .push(e.data.booking_id.unwrap_or(e.data.request_id));
+            // A rejection is about the request (a rejected reschedule names the booking it was
+            // to move in its data, but that booking did not change).
+            c.aggregates.push(if e.event_type == types::REJECTED {
+                e.data.request_id
+            } else {
+                e.data.booking_id.unwrap_or(e.data.request_id)
+            });
             c.keys.push(e.data.practitioner_id.to_string());
             c.payloads.push(
                 serde_json::to_value(&e.data).map_err(|err| sqlx::Error::Encode(Box::new(err)))?,

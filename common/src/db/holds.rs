@@ -72,6 +72,8 @@ pub struct HoldInput {
     pub reschedule: Option<Uuid>,
     /// Whether it may compete for the slot.
     pub verdict: Verdict,
+    /// Who asked (`sub`, role), for the audit log; `None`: the worker itself.
+    pub actor: Option<(String, String)>,
 }
 
 /// The worker's verdict before the database decides.
@@ -244,7 +246,12 @@ pub async fn commit_batch(
     // decisions, for the recorded ones only.
     let mut events = Vec::with_capacity(views.len());
     let mut audit = Vec::new();
-    for (view, o) in &views {
+    // `views` follows `pending`, one view per pending input.
+    for ((view, o), input) in views.iter().zip(&pending) {
+        let (actor, actor_role) = input
+            .actor
+            .clone()
+            .unwrap_or_else(|| ("worker".into(), "system".into()));
         if let Some(b) = &o.moved {
             events.push((
                 view.id,
@@ -260,8 +267,8 @@ pub async fn commit_batch(
                 view.id,
                 AuditEntry {
                     booking_id: b.id,
-                    actor: "worker".into(),
-                    actor_role: "system".into(),
+                    actor,
+                    actor_role,
                     action: "reschedule",
                     from: Some(b.status),
                     to: b.status,
@@ -292,8 +299,8 @@ pub async fn commit_batch(
                 view.id,
                 AuditEntry {
                     booking_id,
-                    actor: "worker".into(),
-                    actor_role: "system".into(),
+                    actor,
+                    actor_role,
                     action: "hold",
                     from: None,
                     to: BookingStatus::Held,
@@ -762,6 +769,7 @@ mod tests {
             submitted_at: DateTime::UNIX_EPOCH + chrono::Duration::milliseconds(ms),
             idempotency_key: None,
             reschedule: None,
+            actor: None,
             verdict: Verdict::Candidate {
                 country_code: country.to_owned(),
                 slot_end: at,

@@ -71,6 +71,12 @@ struct Row {
 impl From<Row> for RequestView {
     fn from(r: Row) -> Self {
         let status = match (r.outcome.as_str(), r.status) {
+            // The request's statuses are those of DESIGN §5 (queued, held, rejected, confirmed,
+            // expired, cancelled): a visit that took place, or was missed, was a confirmed
+            // booking; the booking resource itself says `completed` or `no_show`.
+            ("held", Some(BookingStatus::Completed | BookingStatus::NoShow)) => {
+                BookingStatus::Confirmed.as_str().to_owned()
+            }
             ("held", Some(s)) => s.as_str().to_owned(),
             (outcome, _) => outcome.to_owned(),
         };

@@ -276,6 +276,13 @@ pub async fn record_attempt(pool: &PgPool, a: &Attempt) -> Result<bool, sqlx::Er
              FROM applied a
              WHERE $9 AND d.subscription_id = a.subscription_id AND d.status = 'pending'
                AND d.id <> $1
+         ), late AS (
+             -- An attempt that was in flight when another delivery's 410 dead-lettered this
+             -- one: its answer is still the delivery's last status code.
+             UPDATE webhook_deliveries
+             SET last_status_code = $5
+             WHERE id = $1 AND attempts = $2 AND status = 'dead' AND last_status_code IS NULL
+               AND $5::int IS NOT NULL AND NOT EXISTS (SELECT 1 FROM applied)
          )
          SELECT count(*) FROM applied",
     )

@@ -83,10 +83,8 @@ pub fn check_ip(ip: IpAddr, allow_private: bool) -> Result<(), TargetError> {
 
 /// Resolves the URL's host and checks every address (creation-time check; the dispatcher
 /// checks again at connection time).
+/// With `allow_private` the host must still resolve; only the address ranges are not checked.
 pub async fn check_resolved(url: &Url, allow_private: bool) -> Result<(), TargetError> {
-    if allow_private {
-        return Ok(());
-    }
     let Some(Host::Domain(host)) = url.host() else {
         return Ok(()); // IP literals were checked by `parse`
     };
@@ -103,7 +101,7 @@ pub async fn check_resolved(url: &Url, allow_private: bool) -> Result<(), Target
         return Err(TargetError::Unresolvable("no address".into()));
     }
     for a in addrs {
-        check_ip(a.ip(), false)?;
+        check_ip(a.ip(), allow_private)?;
     }
     Ok(())
 }
@@ -249,5 +247,16 @@ mod tests {
             Err(TargetError::PrivateAddress(_))
         ));
         assert_eq!(check_resolved(&url, true).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_host_that_does_not_resolve_is_refused_even_when_private_addresses_are_allowed() {
+        let url = parse("https://no-such-host.invalid/x", true).expect("syntax is fine");
+        for allow_private in [false, true] {
+            assert!(matches!(
+                check_resolved(&url, allow_private).await,
+                Err(TargetError::Unresolvable(_))
+            ));
+        }
     }
 }

@@ -176,6 +176,7 @@ async fn submit_inner(
     }
     validate(s, &body, now).await?;
     let request = NewRequest {
+        caller: caller.clone(),
         patient_id: body.patient_id,
         practitioner_id: body.practitioner_id,
         slot_start: body.slot_start,
@@ -186,6 +187,8 @@ async fn submit_inner(
 
 /// What [`enqueue`] queues.
 pub(crate) struct NewRequest {
+    /// Who asks (audited with the decision).
+    pub caller: Principal,
     pub patient_id: Uuid,
     pub practitioner_id: Uuid,
     pub slot_start: DateTime<Utc>,
@@ -204,7 +207,8 @@ pub(crate) async fn enqueue(
     trace: Option<axum::Extension<RequestId>>,
 ) -> Result<(RequestView, bool), ApiError> {
     let ready = s.queue_ready.load(Ordering::Relaxed);
-    if ready >= s.config.max_queue_depth {
+    // README: the number of ready jobs *above* which new requests are refused.
+    if ready > s.config.max_queue_depth {
         return Err(ApiError::Unavailable {
             detail: format!("the booking queue is full ({ready} waiting); retry shortly"),
             retry_after: 1,
@@ -238,6 +242,8 @@ pub(crate) async fn enqueue(
         idempotency_key: key.clone(),
         reschedule: r.reschedule,
         trace_id: trace.and_then(|t| t.0.header_value().to_str().ok().map(str::to_owned)),
+        actor: Some(r.caller.sub),
+        actor_role: Some(r.caller.role.as_str().to_owned()),
     };
     // One atomic script: idempotency, pre-check, `queued` status and the job itself. If Redis
     // fails, nothing was written and the client may simply retry.

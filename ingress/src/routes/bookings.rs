@@ -307,6 +307,7 @@ pub async fn reschedule(
         )]));
     }
     let request = NewRequest {
+        caller: caller.clone(),
         patient_id: booking.patient_id,
         practitioner_id: booking.practitioner_id,
         slot_start: body.slot_start,
@@ -376,6 +377,11 @@ fn filter(q: &ListQuery) -> Result<ListFilter, ApiError> {
     let after = f.optional("cursor", q.cursor.as_deref(), |c| {
         parse_cursor(c).ok_or_else(not_a_cursor)
     });
+    if let (Some(from), Some(to)) = (from, to)
+        && to < from
+    {
+        f.0.push(FieldError::new("to", "invalid", "must not be before from"));
+    }
     f.finish()?;
     Ok(ListFilter {
         status,

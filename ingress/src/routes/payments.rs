@@ -98,6 +98,13 @@ async fn handle(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<&'stat
             "must be an ISO 4217 code",
         ));
     }
+    if b.amount.is_some_and(|a| a < 0) {
+        errors.push(FieldError::new(
+            "amount",
+            "invalid",
+            "must not be negative (minor units)",
+        ));
+    }
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }

@@ -98,7 +98,16 @@ pub async fn create(
     ))
 }
 
-/// `?limit=&cursor=` of listings; `status=` for deliveries.
+/// `?limit=&cursor=` of the subscription listing.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `?status=&limit=&cursor=` of the delivery listing.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -108,9 +117,12 @@ pub struct ListQuery {
     status: Option<String>,
 }
 
-fn limit_and_cursor(q: &ListQuery) -> Result<(i64, Option<Uuid>), ApiError> {
+fn limit_and_cursor(
+    limit: Option<i64>,
+    cursor: Option<&str>,
+) -> Result<(i64, Option<Uuid>), ApiError> {
     let mut errors = Vec::new();
-    let limit = q.limit.unwrap_or(50);
+    let limit = limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         errors.push(FieldError::new(
             "limit",
@@ -118,7 +130,7 @@ fn limit_and_cursor(q: &ListQuery) -> Result<(i64, Option<Uuid>), ApiError> {
             "must be between 1 and 200",
         ));
     }
-    let cursor = match q.cursor.as_deref().map(str::parse::<Uuid>) {
+    let cursor = match cursor.map(str::parse::<Uuid>) {
         None => None,
         Some(Ok(c)) => Some(c),
         Some(Err(_)) => {
@@ -138,21 +150,14 @@ fn limit_and_cursor(q: &ListQuery) -> Result<(i64, Option<Uuid>), ApiError> {
 }
 
 /// `GET /v1/webhook-subscriptions?limit=&cursor=` (oldest first).
-#[utoipa::path(get, path = "/v1/webhook-subscriptions", params(ListQuery), responses((status = 200, body = serde_json::Value), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/webhook-subscriptions", params(PageQuery), responses((status = 200, body = serde_json::Value), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn list(
     State(s): State<AppState>,
     Caller(caller): Caller,
-    AppQuery(q): AppQuery<ListQuery>,
+    AppQuery(q): AppQuery<PageQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&caller, Action::ManageWebhooks)?;
-    if q.status.is_some() {
-        return Err(ApiError::invalid_field(
-            "status",
-            "invalid",
-            "subscriptions are not filtered by status",
-        ));
-    }
-    let (limit, after) = limit_and_cursor(&q)?;
+    let (limit, after) = limit_and_cursor(q.limit, q.cursor.as_deref())?;
     let items = webhooks::list_subscriptions(&s.pool, after, limit).await?;
     let next_cursor = (items.len() as i64 == limit)
         .then(|| items.last().map(|i| i.id))
@@ -209,7 +214,7 @@ pub async fn deliveries(
             ));
         }
     };
-    let (limit, before) = limit_and_cursor(&q)?;
+    let (limit, before) = limit_and_cursor(q.limit, q.cursor.as_deref())?;
     if webhooks::get_subscription(&s.pool, id).await?.is_none() {
         return Err(ApiError::not_found("webhook subscription", id));
     }
