@@ -296,3 +296,39 @@ async fn a_410_gone_dead_letters_the_other_pending_deliveries_in_the_same_statem
     workers.stop().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_in_flight_when_another_410_dead_letters_its_delivery_keeps_its_status_code() {
+    let app = app("2").await;
+    let workers = start_workers(&app).await;
+    // Two attempts run at once and both answer 410 a second later: the first to be recorded
+    // dead-letters the other delivery while that one's attempt is still in flight.
+    let rx = SlowReceiver::start(Duration::from_secs(1), StatusCode::GONE).await;
+    let sub = subscribe(&app, &rx.url("gone")).await;
+    hold_many(&app, 10).await;
+    eventually!(
+        Duration::from_secs(15),
+        "both attempts recorded",
+        app.count("SELECT count(*) FROM webhook_delivery_attempts")
+            .await
+            == 2
+    );
+    eventually!(
+        Duration::from_secs(5),
+        "every delivery dead-lettered",
+        app.count("SELECT count(*) FROM webhook_deliveries WHERE status = 'dead'")
+            .await
+            == 10
+    );
+    let codes: Vec<Option<i32>> = sqlx::query_scalar(
+        "SELECT last_status_code FROM webhook_deliveries
+         WHERE subscription_id = $1 AND attempts > 0",
+    )
+    .bind(sub)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(codes, vec![Some(410), Some(410)]);
+    workers.stop().await;
+    app.stop().await;
+}

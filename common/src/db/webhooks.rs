@@ -278,10 +278,12 @@ pub async fn record_attempt(pool: &PgPool, a: &Attempt) -> Result<bool, sqlx::Er
                AND d.id <> $1
          ), late AS (
              -- An attempt that was in flight when another delivery's 410 dead-lettered this
-             -- one: its answer is still the delivery's last status code.
+             -- one: its answer is still the delivery's last status code. (No `status` test:
+             -- this statement's snapshot may predate the dead-lettering, which it then waits
+             -- for; only the conditions re-checked on the new row version may decide.)
              UPDATE webhook_deliveries
              SET last_status_code = $5
-             WHERE id = $1 AND attempts = $2 AND status = 'dead' AND last_status_code IS NULL
+             WHERE id = $1 AND attempts = $2 AND last_status_code IS NULL
                AND $5::int IS NOT NULL AND NOT EXISTS (SELECT 1 FROM applied)
          )
          SELECT count(*) FROM applied",
