@@ -241,7 +241,29 @@ pub struct Attempt {
 /// open between two round trips, holding delivery rows that `DELETE` of a subscription needs).
 /// Returns false when the delivery had moved on (its lease ran out and another attempt claimed
 /// it, or the subscription went away); the attempt is still logged when the delivery exists.
+///
+/// A `410 Gone` dead-letters the subscription's other pending deliveries too. Two of those
+/// recorded at once (two attempts in flight) would each lock its own delivery and then wait for
+/// the other's: a deadlock, one result lost. So a `410` first locks its subscription, in a
+/// transaction of two statements, and such records run one after the other.
 pub async fn record_attempt(pool: &PgPool, a: &Attempt) -> Result<bool, sqlx::Error> {
+    if a.result != AttemptResult::Gone {
+        return record_attempt_on(pool, a).await;
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT 1 FROM webhook_subscriptions WHERE id = $1 FOR UPDATE")
+        .bind(a.subscription_id)
+        .execute(&mut *tx)
+        .await?;
+    let applied = record_attempt_on(&mut *tx, a).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
+async fn record_attempt_on<'c, E: sqlx::PgExecutor<'c>>(
+    executor: E,
+    a: &Attempt,
+) -> Result<bool, sqlx::Error> {
     let (status, next): (&str, Option<DateTime<Utc>>) = match a.result {
         AttemptResult::Delivered => ("delivered", None),
         AttemptResult::Retry(at) => ("pending", Some(at)),
@@ -297,7 +319,7 @@ pub async fn record_attempt(pool: &PgPool, a: &Attempt) -> Result<bool, sqlx::Er
     .bind(a.started_at)
     .bind(a.duration_ms)
     .bind(a.result == AttemptResult::Gone)
-    .fetch_one(pool)
+    .fetch_one(executor)
     .await;
     match applied {
         Ok(n) => Ok(n == 1),
