@@ -338,6 +338,24 @@ async fn a_slot_search_window_in_the_past_is_valid_and_empty() {
         let start: chrono::DateTime<chrono::Utc> = i["start"].as_str().unwrap().parse().unwrap();
         assert!(start > now - chrono::Duration::seconds(5), "{i}");
     }
+    // A date as `to` includes that day: from and to the same date is that day's slots.
+    let (s, v) = app
+        .get(&format!(
+            "/v1/slots?clinic_id={}&from={}&to={}",
+            fx.clinic_id,
+            day(1),
+            day(1)
+        ))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let items = v["items"].as_array().unwrap();
+    assert!(!items.is_empty(), "{v}");
+    assert!(
+        items
+            .iter()
+            .all(|i| i["start"].as_str().unwrap().starts_with(&day(1))),
+        "{v}"
+    );
     // The window itself is still validated as given.
     for bad in [
         format!("from={}&to={}", day(-26), day(-30)),

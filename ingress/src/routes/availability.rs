@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use slotq_common::{availability, db::directory};
 use uuid::Uuid;
 
-use super::bookings::{not_a_cursor, parse_instant};
+use super::bookings::{not_a_cursor, parse_instant, parse_upper_bound};
 use crate::{
     AppState,
     auth::{Action, Caller, authorize, clinic_of},
@@ -189,7 +189,7 @@ pub async fn search(
         .optional("from", q.from.as_deref(), parse_instant)
         .unwrap_or(now);
     let to = f
-        .optional("to", q.to.as_deref(), parse_instant)
+        .optional("to", q.to.as_deref(), parse_upper_bound)
         .unwrap_or(from + Duration::days(7));
     if to <= from || to - from > Duration::days(MAX_DAYS) {
         f.0.push(FieldError::new(

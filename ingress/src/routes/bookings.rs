@@ -347,6 +347,18 @@ pub(crate) fn parse_instant(raw: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|_| "must be a date YYYY-MM-DD or an RFC 3339 time".to_owned())
 }
 
+/// An exclusive upper bound `to`: a date includes that whole day (`to=2026-12-08` ends at
+/// 2026-12-09T00:00Z), an RFC 3339 time is taken as given.
+pub(crate) fn parse_upper_bound(raw: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(d) = NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        return d
+            .succ_opt()
+            .map(|next| next.and_time(chrono::NaiveTime::MIN).and_utc())
+            .ok_or_else(|| "date out of range".to_owned());
+    }
+    parse_instant(raw)
+}
+
 fn cursor_of(b: &Booking) -> String {
     format!("{}_{}", b.slot_start.timestamp_micros(), b.id)
 }
@@ -365,7 +377,7 @@ fn filter(q: &ListQuery) -> Result<ListFilter, ApiError> {
         raw.parse::<BookingStatus>()
     });
     let from = f.optional("from", q.from.as_deref(), parse_instant);
-    let to = f.optional("to", q.to.as_deref(), parse_instant);
+    let to = f.optional("to", q.to.as_deref(), parse_upper_bound);
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         f.0.push(FieldError::new(
