@@ -9,8 +9,8 @@
 //! partition, and a key always maps to the same partition.
 //!
 //! Order per practitioner holds across failures and across several relays:
-//! - a row that another transaction holds (another relay's batch, or the webhook dispatcher for
-//!   a moment) is skipped by the claim; every later row with the same key then waits for the
+//! - a row that another transaction holds (another relay's batch, or the retention sweep) is
+//!   skipped by the claim; every later row with the same key then waits for the
 //!   next cycle ([`outbox::keys_waiting_before`]), so it cannot overtake;
 //! - when a message fails, the later messages of its key in the batch are not marked published
 //!   even if acknowledged: they are sent again after it. A consumer may then see an event twice

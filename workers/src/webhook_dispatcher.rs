@@ -1,11 +1,12 @@
 //! The webhook dispatcher: turns outbox rows into signed HTTP deliveries to the clients'
 //! subscriptions, retried with exponential backoff and jitter, then dead-lettered.
 //!
-//! It reads the outbox (its own `dispatched_at` column), not the Kafka topic, so it works with
-//! the relay off. Two loops:
-//! - **fan-out**: claim undispatched rows (`FOR UPDATE SKIP LOCKED`, creation order), insert one
-//!   `pending` delivery per matching active subscription, mark the rows dispatched — one short
-//!   transaction;
+//! It reads the outbox (through its own cursor), not the Kafka topic, so it works with the
+//! relay off. Two loops:
+//! - **fan-out**: lock the cursor (`outbox_cursors`; one dispatcher at a time), read the rows
+//!   after it that no running transaction can still add to (`outbox::undispatched_after`),
+//!   insert one `pending` delivery per matching active subscription, move the cursor — one short
+//!   transaction, and no write to the outbox rows themselves;
 //! - **delivery**: claim due deliveries with a lease (`db::webhooks::claim_due`), POST each
 //!   (at most `WEBHOOK_CONCURRENCY` in flight, each bounded by `WEBHOOK_TIMEOUT_MS`), record the
 //!   attempt: 2xx delivered; `410 Gone` disables the subscription; anything else (another
@@ -123,13 +124,22 @@ impl Dispatcher {
     /// One fan-out transaction; returns how many outbox rows it handled.
     pub async fn fan_out(&self) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await.context("begin")?;
-        let rows = outbox::claim_undispatched(&mut tx, self.outbox.batch)
+        let Some(cursor) = outbox::lock_dispatch_cursor(&mut tx)
             .await
-            .context("claiming outbox rows")?;
-        if rows.is_empty() {
+            .context("locking the dispatch cursor")?
+        else {
+            // Another dispatcher is fanning out.
             tx.commit().await.context("commit")?;
             return Ok(0);
-        }
+        };
+        let claimed = outbox::undispatched_after(&mut tx, &cursor, self.outbox.batch)
+            .await
+            .context("reading outbox rows")?;
+        let Some(last) = claimed.last().map(|u| u.at.clone()) else {
+            tx.commit().await.context("commit")?;
+            return Ok(0);
+        };
+        let rows: Vec<_> = claimed.into_iter().map(|u| u.event).collect();
         let routes = webhooks::active_routes(&mut tx)
             .await
             .context("reading subscriptions")?;
@@ -153,10 +163,9 @@ impl Dispatcher {
         webhooks::insert_deliveries(&mut tx, &deliveries)
             .await
             .context("creating deliveries")?;
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        outbox::mark_dispatched(&mut tx, &ids)
+        outbox::advance_dispatch_cursor(&mut tx, &last)
             .await
-            .context("marking rows dispatched")?;
+            .context("advancing the dispatch cursor")?;
         tx.commit().await.context("commit")?;
         if !deliveries.is_empty() {
             self.wake.notify_one();

@@ -276,8 +276,11 @@ async fn a_410_gone_disables_the_subscription() {
     eventually!(
         Duration::from_secs(5),
         "the cancellation dispatched",
-        app.count("SELECT count(*) FROM outbox WHERE dispatched_at IS NULL")
-            .await
+        app.count(
+            "SELECT count(*) FROM outbox o JOIN outbox_cursors c ON c.consumer = 'webhooks'
+             WHERE (o.xact, o.id) > (c.xact, c.id)"
+        )
+        .await
             == 0
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -564,5 +567,80 @@ async fn the_subscription_api_validates_input_and_answers_problem_json() {
         )
         .await;
     assert_eq!(s, 404);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatch_cursor_never_passes_a_row_whose_transaction_is_still_running() {
+    use slotq_common::db::outbox;
+    let app = spawn(Options {
+        workers: false,
+        scheduler: false,
+        env: env(&[]),
+    })
+    .await;
+    let insert = "INSERT INTO outbox (event_id, type, aggregate_id, key, payload)
+                  VALUES ($1, 'booking.held', $1, 'k', '{}') RETURNING id";
+    // T1 writes first (the smaller id) but commits last; T2 commits in between.
+    let mut t1 = app.pool.begin().await.unwrap();
+    let early: i64 = sqlx::query_scalar(insert)
+        .bind(Uuid::now_v7())
+        .fetch_one(&mut *t1)
+        .await
+        .unwrap();
+    let late: i64 = sqlx::query_scalar(insert)
+        .bind(Uuid::now_v7())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(early < late);
+
+    let read = |pool: sqlx::PgPool| async move {
+        let mut tx = pool.begin().await.unwrap();
+        let cursor = outbox::lock_dispatch_cursor(&mut tx)
+            .await
+            .unwrap()
+            .unwrap();
+        let rows = outbox::undispatched_after(&mut tx, &cursor, 100)
+            .await
+            .unwrap();
+        if let Some(last) = rows.last() {
+            outbox::advance_dispatch_cursor(&mut tx, &last.at)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        rows.into_iter().map(|r| r.event.id).collect::<Vec<i64>>()
+    };
+    // While T1 runs, T2's committed row waits too: a cursor past it would skip T1's row.
+    assert_eq!(read(app.pool.clone()).await, Vec::<i64>::new());
+    // While another dispatcher holds the cursor, this one reads nothing.
+    let mut holder = app.pool.begin().await.unwrap();
+    assert!(
+        outbox::lock_dispatch_cursor(&mut holder)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    t1.commit().await.unwrap();
+    let mut other = app.pool.begin().await.unwrap();
+    assert!(
+        outbox::lock_dispatch_cursor(&mut other)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    other.rollback().await.unwrap();
+    holder.rollback().await.unwrap();
+    // Both, in the order of their transactions, once no older transaction runs anywhere in
+    // the cluster (other tests' databases count too: transaction ids are cluster-wide).
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while seen.len() < 2 && std::time::Instant::now() < deadline {
+        seen.extend(read(app.pool.clone()).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, vec![early, late]);
+    assert_eq!(read(app.pool.clone()).await, Vec::<i64>::new());
     app.stop().await;
 }

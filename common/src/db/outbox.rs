@@ -1,9 +1,11 @@
 //! Reading the transactional outbox: the Kafka relay's claims, the webhook dispatcher's
 //! claims, lag and retention. (Rows are written by [`super::events::insert_events`].)
 //!
-//! Claims lock rows with `FOR UPDATE SKIP LOCKED` in creation order. Never "id > last seen":
-//! bigserial ids are handed out at insert time but become visible at commit time, so a cursor
-//! would skip a row that commits after a later one was read.
+//! The relay claims rows with `FOR UPDATE SKIP LOCKED` in creation order. Never "id > last
+//! seen": bigserial ids are handed out at insert time but become visible at commit time, so a
+//! cursor over ids would skip a row that commits after a later one was read. The webhook
+//! dispatcher does keep a cursor, over `(writing transaction, id)` and only up to the oldest
+//! transaction still running ([`undispatched_after`]), which no later commit can fall behind.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -47,7 +49,7 @@ pub async fn claim_unpublished(
 }
 
 /// Keys of unpublished rows older than `before` that are not in `claimed`: rows another
-/// relay (or the dispatcher, for a moment) holds. Their keys must wait, or a later event of
+/// relay holds. Their keys must wait, or a later event of
 /// the same practitioner would overtake them.
 pub async fn keys_waiting_before(
     conn: &mut PgConnection,
@@ -77,31 +79,74 @@ pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<u64,
         .map(|r| r.rows_affected())
 }
 
-/// Locks up to `limit` rows not yet handed to the webhook dispatcher, oldest first.
-pub async fn claim_undispatched(
-    conn: &mut PgConnection,
-    limit: i64,
-) -> Result<Vec<OutboxEvent>, sqlx::Error> {
+/// Where the webhook dispatcher is in the outbox: the last row it handled, in
+/// `(xact, id)` order (migration `20261201000002`).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Cursor {
+    /// The writing transaction of that row (`xid8`, as text).
+    pub xact: String,
+    /// Its id.
+    pub id: i64,
+}
+
+/// An outbox row with its place in the dispatcher's order.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Undispatched {
+    /// The row.
+    #[sqlx(flatten)]
+    pub event: OutboxEvent,
+    /// Its position.
+    #[sqlx(flatten)]
+    pub at: Cursor,
+}
+
+/// Locks the webhook dispatcher's cursor until `conn`'s transaction ends; `None` while another
+/// dispatcher holds it (that one is working: this one has nothing to do).
+pub async fn lock_dispatch_cursor(conn: &mut PgConnection) -> Result<Option<Cursor>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, event_id, type, aggregate_id, key, payload, created_at
-         FROM outbox WHERE dispatched_at IS NULL
-         ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "SELECT xact::text AS xact, id FROM outbox_cursors WHERE consumer = 'webhooks'
+         FOR UPDATE SKIP LOCKED",
     )
+    .fetch_optional(conn)
+    .await
+}
+
+/// Up to `limit` rows after `cursor`, in `(xact, id)` order, written by transactions older than
+/// the oldest one still running: every transaction before that point has ended, so no row can
+/// become visible behind the cursor later. (A long-running writing transaction elsewhere holds
+/// this point back, and with it the dispatch, until it ends.)
+pub async fn undispatched_after(
+    conn: &mut PgConnection,
+    cursor: &Cursor,
+    limit: i64,
+) -> Result<Vec<Undispatched>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, event_id, type, aggregate_id, key, payload, created_at, xact::text AS xact
+         FROM outbox
+         WHERE (xact, id) > ($1::text::xid8, $2)
+           AND xact < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY xact, id LIMIT $3",
+    )
+    .bind(&cursor.xact)
+    .bind(cursor.id)
     .bind(limit)
     .fetch_all(conn)
     .await
 }
 
-/// Marks rows dispatched (their webhook deliveries exist).
-pub async fn mark_dispatched(conn: &mut PgConnection, ids: &[i64]) -> Result<u64, sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    sqlx::query("UPDATE outbox SET dispatched_at = now() WHERE id = ANY($1)")
-        .bind(ids)
-        .execute(conn)
-        .await
-        .map(|r| r.rows_affected())
+/// Moves the dispatcher's cursor (locked by [`lock_dispatch_cursor`]) to `to`.
+pub async fn advance_dispatch_cursor(
+    conn: &mut PgConnection,
+    to: &Cursor,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox_cursors SET xact = $1::text::xid8, id = $2 WHERE consumer = 'webhooks'",
+    )
+    .bind(&to.xact)
+    .bind(to.id)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Age in seconds of the oldest unpublished row (0 when none waits).
@@ -117,8 +162,9 @@ pub async fn publish_lag_seconds(pool: &PgPool) -> Result<f64, sqlx::Error> {
 /// Age in seconds of the oldest row not yet handed to the webhook dispatcher (0 when none).
 pub async fn dispatch_lag_seconds(pool: &PgPool) -> Result<f64, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0)
-         FROM outbox WHERE dispatched_at IS NULL",
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(o.created_at))::float8, 0)
+         FROM outbox o JOIN outbox_cursors c ON c.consumer = 'webhooks'
+         WHERE (o.xact, o.id) > (c.xact, c.id)",
     )
     .fetch_one(pool)
     .await
@@ -142,7 +188,8 @@ pub async fn delete_old(pool: &PgPool, r: Retention, limit: i64) -> Result<u64, 
              SELECT id FROM outbox
              WHERE created_at < $1
                AND (published_at IS NOT NULL OR NOT $2)
-               AND (dispatched_at IS NOT NULL OR NOT $3)
+               AND (NOT $3 OR (xact, id) <= (
+                   SELECT xact, id FROM outbox_cursors WHERE consumer = 'webhooks'))
              ORDER BY created_at LIMIT $4
              FOR UPDATE SKIP LOCKED)",
     )
