@@ -181,14 +181,15 @@ pub struct Retention {
     pub require_dispatched: bool,
 }
 
-/// Deletes up to `limit` old rows that every consumer is done with; returns how many.
+/// Deletes up to `limit` old rows that every consumer is done with; returns how many. (A row
+/// without `xact` was dispatched before the dispatcher kept a cursor.)
 pub async fn delete_old(pool: &PgPool, r: Retention, limit: i64) -> Result<u64, sqlx::Error> {
     sqlx::query(
         "DELETE FROM outbox WHERE id IN (
              SELECT id FROM outbox
              WHERE created_at < $1
                AND (published_at IS NOT NULL OR NOT $2)
-               AND (NOT $3 OR (xact, id) <= (
+               AND (NOT $3 OR xact IS NULL OR (xact, id) <= (
                    SELECT xact, id FROM outbox_cursors WHERE consumer = 'webhooks'))
              ORDER BY created_at LIMIT $4
              FOR UPDATE SKIP LOCKED)",
