@@ -45,6 +45,13 @@ impl Role {
     }
 }
 
+/// The key set could not be loaded: the operator gets the cause in the log, the client a
+/// message without server paths or addresses.
+fn keys_unavailable(e: &dyn std::fmt::Display) -> AuthError {
+    tracing::error!(error = %e, "JWT_JWKS: the key set cannot be loaded; every token is refused");
+    AuthError::Invalid("the signing keys are unavailable".into())
+}
+
 /// The token's claims.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Claims {
@@ -277,19 +284,15 @@ impl Verifier {
                 .send()
                 .await;
             match res {
-                Ok(r) => r
-                    .text()
-                    .await
-                    .map_err(|e| AuthError::Invalid(format!("JWKS unavailable: {e}")))?,
-                Err(e) => return Err(AuthError::Invalid(format!("JWKS unavailable: {e}"))),
+                Ok(r) => r.text().await.map_err(|e| keys_unavailable(&e))?,
+                Err(e) => return Err(keys_unavailable(&e)),
             }
         } else {
             tokio::fs::read_to_string(&source)
                 .await
-                .map_err(|e| AuthError::Invalid(format!("JWKS unavailable: {e}")))?
+                .map_err(|e| keys_unavailable(&e))?
         };
-        let set: JwkSet = serde_json::from_str(&text)
-            .map_err(|e| AuthError::Invalid(format!("JWKS unreadable: {e}")))?;
+        let set: JwkSet = serde_json::from_str(&text).map_err(|e| keys_unavailable(&e))?;
         let mut keys = HashMap::new();
         for jwk in &set.keys {
             let Some(id) = jwk.common.key_id.clone() else {

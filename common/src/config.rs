@@ -191,10 +191,15 @@ impl Config {
                 None => None,
                 Some(keys) => {
                     let index = env.string("PII_INDEX_KEY", "");
-                    Some(
-                        crate::pii::PiiKeys::parse(keys, &index)
-                            .map_err(|e| ConfigError::new("PII_KEYS", "(hidden)", &e.0))?,
-                    )
+                    Some(crate::pii::PiiKeys::parse(keys, &index).map_err(|e| {
+                        // Name the variable the problem is in.
+                        let var = if e.0.starts_with("index key") {
+                            "PII_INDEX_KEY"
+                        } else {
+                            "PII_KEYS"
+                        };
+                        ConfigError::new(var, "(hidden)", &e.0)
+                    })?)
                 }
             },
             rate_limits: crate::rate_limit::RateLimits {
@@ -232,6 +237,41 @@ impl Config {
                 "WORKER_CONCURRENCY",
                 self.worker_concurrency,
                 "must be at most 4000 (run more worker processes instead)",
+            ));
+        }
+        if self.expiry_interval.is_zero() {
+            return Err(ConfigError::new(
+                "EXPIRY_INTERVAL_MS",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        if !(self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "(hidden)",
+                "must be a postgres:// or postgresql:// URL",
+            ));
+        }
+        if let Err(e) = redis::IntoConnectionInfo::into_connection_info(self.redis_url.as_str()) {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                "(hidden)",
+                &format!("not a Redis URL: {e}"),
+            ));
+        }
+        if let Some(path) = self.auth.jwks.as_deref()
+            && !(path.starts_with("http://") || path.starts_with("https://"))
+            && let Err(e) = std::fs::read_to_string(path)
+        {
+            // A file that is not there now will not be there for the first request either:
+            // every token would be refused behind a ready probe.
+            return Err(ConfigError::new(
+                "JWT_JWKS",
+                path,
+                &format!("cannot read the key set file: {e}"),
             ));
         }
         if self.hold_ttl.is_zero() {
@@ -523,6 +563,32 @@ mod tests {
         let err =
             Config::from_vars(Role::Ingress, &vars(&[("AUTO_MIGRATE", "maybe")])).unwrap_err();
         assert_eq!(err.var, "AUTO_MIGRATE");
+        // Values that used to start the process (and fail, or panic, later).
+        for (var, value) in [
+            ("EXPIRY_INTERVAL_MS", "0"),
+            ("DATABASE_URL", "mysql://x"),
+            ("REDIS_URL", "notaurl"),
+            ("JWT_JWKS", "/nonexistent/jwks.json"),
+        ] {
+            let err = Config::from_vars(Role::Scheduler, &vars(&[(var, value)])).unwrap_err();
+            assert_eq!(err.var, var, "{value}");
+        }
+        let key = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let err = Config::from_vars(
+            Role::Ingress,
+            &vars(&[("PII_KEYS", key), ("PII_INDEX_KEY", "c2hvcnQ=")]),
+        )
+        .unwrap_err();
+        assert_eq!(err.var, "PII_INDEX_KEY");
+        // A JWKS file that exists is accepted (its keys are read when a token needs one).
+        let file = std::env::temp_dir().join(format!("slotq-jwks-{}.json", std::process::id()));
+        std::fs::write(&file, r#"{"keys":[]}"#).unwrap();
+        let c = Config::from_vars(
+            Role::Ingress,
+            &vars(&[("JWT_JWKS", file.to_str().unwrap())]),
+        );
+        std::fs::remove_file(&file).unwrap();
+        assert!(c.is_ok(), "{:?}", c.err());
     }
 
     #[test]

@@ -87,7 +87,9 @@ fn token(config: &Config, args: Vec<String>) -> anyhow::Result<()> {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let (trigger, shutdown) = slotq_common::shutdown::channel();
-    let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding HTTP_ADDR {}: {e}", config.http_addr))?;
     let state = slotq_ingress::AppState::connect(config, shutdown).await?;
     let running = slotq_ingress::serve(listener, state).await?;
     tracing::info!(addr = %running.addr, "slotq-ingress listening");
@@ -104,5 +106,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down: finishing in-flight requests");
     trigger.fire();
     running.handle.await??;
+    tracing::info!("slotq-ingress stopped: every in-flight request answered");
     Ok(())
 }
