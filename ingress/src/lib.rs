@@ -195,7 +195,24 @@ pub fn layered(routes: Router<AppState>, state: AppState) -> Router {
             TraceLayer::new_for_http().make_span_with(|req: &Request| {
                 let id = req.extensions().get::<RequestId>().and_then(|r| r.header_value().to_str().ok()).unwrap_or("-");
                 tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
-            }),
+            })
+            // A 503 is a state the service announces on purpose (draining, shedding, a
+            // dependency down: each has its own metric), not a fault: WARN, not ERROR.
+            .on_failure(
+                |class: tower_http::classify::ServerErrorsFailureClass,
+                 latency: std::time::Duration,
+                 _span: &tracing::Span| {
+                    let ms = latency.as_millis() as u64;
+                    match class {
+                        tower_http::classify::ServerErrorsFailureClass::StatusCode(code)
+                            if code == axum::http::StatusCode::SERVICE_UNAVAILABLE =>
+                        {
+                            tracing::warn!(latency_ms = ms, "503 service unavailable");
+                        }
+                        other => tracing::error!(latency_ms = ms, failure = %other, "response failed"),
+                    }
+                },
+            ),
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))

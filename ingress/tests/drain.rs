@@ -161,6 +161,26 @@ async fn sigterm_makes_ingress_unready_then_drains_and_exits() {
         .iter()
         .position(|m| m == "shutting down: finishing in-flight requests")
         .expect("closing the listener is logged");
-    assert!(draining < closing, "{messages:?}");
+    let stopped = messages
+        .iter()
+        .position(|m| m.starts_with("slotq-ingress stopped"))
+        .expect("the end of the drain is logged");
+    assert!(closing < stopped, "{messages:?}");
+    // A planned drain is no error: its 503 readiness answers are warnings.
+    let errors: Vec<Value> = logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["level"] == "ERROR")
+        .cloned()
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(
+        logs.lock()
+            .unwrap()
+            .iter()
+            .any(|v| v["level"] == "WARN" && v["message"] == "503 service unavailable"),
+        "the unready answers are logged as warnings"
+    );
     app.stop().await;
 }
