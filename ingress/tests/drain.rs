@@ -165,7 +165,7 @@ async fn sigterm_makes_ingress_unready_then_drains_and_exits() {
         .iter()
         .position(|m| m.starts_with("slotq-ingress stopped"))
         .expect("the end of the drain is logged");
-    assert!(closing < stopped, "{messages:?}");
+    assert!(draining < closing && closing < stopped, "{messages:?}");
     // A planned drain is no error: its 503 readiness answers are warnings.
     let errors: Vec<Value> = logs
         .lock()
