@@ -10,7 +10,8 @@ use std::{collections::HashMap, fmt::Display, net::SocketAddr, str::FromStr, tim
 /// Exit code for a configuration error (BSD `EX_USAGE`).
 pub const EXIT_CONFIG: i32 = 64;
 
-/// Which process reads the configuration: it decides the default admin port.
+/// Which process reads the configuration: it decides the default admin port, and which
+/// settings must be usable at start-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     /// The REST API.
@@ -211,6 +212,19 @@ impl Config {
             request_timeout: Duration::from_secs(env.parse("REQUEST_TIMEOUT_SECS", "10")?),
         };
         config.validate()?;
+        // Only ingress verifies tokens. A key set file that is not there now will not be there
+        // for the first request either: every token would be refused behind a ready probe.
+        if role == Role::Ingress
+            && let Some(path) = config.auth.jwks.as_deref()
+            && !(path.starts_with("http://") || path.starts_with("https://"))
+            && let Err(e) = std::fs::read_to_string(path)
+        {
+            return Err(ConfigError::new(
+                "JWT_JWKS",
+                path,
+                &format!("cannot read the key set file: {e}"),
+            ));
+        }
         Ok(config)
     }
 
@@ -260,18 +274,6 @@ impl Config {
                 "REDIS_URL",
                 "(hidden)",
                 &format!("not a Redis URL: {e}"),
-            ));
-        }
-        if let Some(path) = self.auth.jwks.as_deref()
-            && !(path.starts_with("http://") || path.starts_with("https://"))
-            && let Err(e) = std::fs::read_to_string(path)
-        {
-            // A file that is not there now will not be there for the first request either:
-            // every token would be refused behind a ready probe.
-            return Err(ConfigError::new(
-                "JWT_JWKS",
-                path,
-                &format!("cannot read the key set file: {e}"),
             ));
         }
         if self.hold_ttl.is_zero() {
@@ -564,15 +566,23 @@ mod tests {
             Config::from_vars(Role::Ingress, &vars(&[("AUTO_MIGRATE", "maybe")])).unwrap_err();
         assert_eq!(err.var, "AUTO_MIGRATE");
         // Values that used to start the process (and fail, or panic, later).
-        for (var, value) in [
-            ("EXPIRY_INTERVAL_MS", "0"),
-            ("DATABASE_URL", "mysql://x"),
-            ("REDIS_URL", "notaurl"),
-            ("JWT_JWKS", "/nonexistent/jwks.json"),
+        for (role, var, value) in [
+            (Role::Scheduler, "EXPIRY_INTERVAL_MS", "0"),
+            (Role::Workers, "DATABASE_URL", "mysql://x"),
+            (Role::Workers, "REDIS_URL", "notaurl"),
+            (Role::Ingress, "JWT_JWKS", "/nonexistent/jwks.json"),
         ] {
-            let err = Config::from_vars(Role::Scheduler, &vars(&[(var, value)])).unwrap_err();
+            let err = Config::from_vars(role, &vars(&[(var, value)])).unwrap_err();
             assert_eq!(err.var, var, "{value}");
         }
+        // Processes that verify no token do not need the key set file.
+        assert!(
+            Config::from_vars(
+                Role::Workers,
+                &vars(&[("JWT_JWKS", "/nonexistent/jwks.json")])
+            )
+            .is_ok()
+        );
         let key = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
         let err = Config::from_vars(
             Role::Ingress,

@@ -71,7 +71,7 @@ pub async fn decisions(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<Decisions>
 }
 
 /// How many of `ids` have a decision row.
-pub async fn count_decided(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<u64> {
+async fn count_decided(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<u64> {
     let mut n = 0;
     for chunk in ids.chunks(CHUNK) {
         let c: i64 = sqlx::query_scalar("SELECT count(*) FROM booking_requests WHERE id = ANY($1)")
@@ -83,21 +83,21 @@ pub async fn count_decided(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<u64> {
     Ok(n)
 }
 
-/// Polls until every one of `ids` is decided or `timeout` passes; returns how many are.
-pub async fn wait_decided(
+/// Polls every `every` until each of `ids` is decided or `timeout` passes, then reads their
+/// decisions.
+pub async fn decisions_when_decided(
     pool: &PgPool,
     ids: &[Uuid],
     timeout: Duration,
     every: Duration,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Decisions> {
     let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let n = count_decided(pool, ids).await?;
-        if n as usize >= ids.len() || tokio::time::Instant::now() >= deadline {
-            return Ok(n);
-        }
+    while (count_decided(pool, ids).await? as usize) < ids.len()
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(every).await;
     }
+    decisions(pool, ids).await
 }
 
 /// Slots with more than one active (`held`/`confirmed`) booking, in the whole database.

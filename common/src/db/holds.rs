@@ -248,13 +248,9 @@ pub async fn commit_batch(
     let mut audit = Vec::new();
     // `views` follows `pending`, one view per pending input.
     for ((view, o), input) in views.iter().zip(&pending) {
-        let (actor, actor_role) = input
-            .actor
-            .clone()
-            .unwrap_or_else(|| ("worker".into(), "system".into()));
-        if let Some(b) = &o.moved {
-            events.push((
-                view.id,
+        // The event, and the audit row (booking, action, from, to) of a booking that changed.
+        let (event, changed) = match &o.moved {
+            Some(b) => (
                 NewEvent {
                     event_type: types::RESCHEDULED,
                     data: BookingEventData {
@@ -262,48 +258,45 @@ pub async fn commit_batch(
                         ..b.event_data(None)
                     },
                 },
-            ));
-            audit.push((
-                view.id,
-                AuditEntry {
-                    booking_id: b.id,
-                    actor,
-                    actor_role,
-                    action: "reschedule",
-                    from: Some(b.status),
-                    to: b.status,
-                    request_id: Some(view.id.to_string()),
+                Some((b.id, "reschedule", Some(b.status), b.status)),
+            ),
+            None => (
+                NewEvent {
+                    event_type: if o.booking_id.is_some() {
+                        types::HELD
+                    } else {
+                        types::REJECTED
+                    },
+                    data: BookingEventData {
+                        booking_id: view.booking_id,
+                        request_id: view.id,
+                        practitioner_id: view.practitioner_id,
+                        patient_id: view.patient_id,
+                        slot_start: view.slot_start,
+                        status: view.status.clone(),
+                        reason: view.reason.clone(),
+                        previous_slot_start: None,
+                    },
                 },
-            ));
-            continue;
-        }
-        let held = o.booking_id.is_some();
-        events.push((
-            view.id,
-            NewEvent {
-                event_type: if held { types::HELD } else { types::REJECTED },
-                data: BookingEventData {
-                    booking_id: view.booking_id,
-                    request_id: view.id,
-                    practitioner_id: view.practitioner_id,
-                    patient_id: view.patient_id,
-                    slot_start: view.slot_start,
-                    status: view.status.clone(),
-                    reason: view.reason.clone(),
-                    previous_slot_start: None,
-                },
-            },
-        ));
-        if let Some(booking_id) = o.booking_id {
+                o.booking_id
+                    .map(|id| (id, "hold", None, BookingStatus::Held)),
+            ),
+        };
+        events.push((view.id, event));
+        if let Some((booking_id, action, from, to)) = changed {
+            let (actor, actor_role) = input
+                .actor
+                .clone()
+                .unwrap_or_else(|| ("worker".into(), "system".into()));
             audit.push((
                 view.id,
                 AuditEntry {
                     booking_id,
                     actor,
                     actor_role,
-                    action: "hold",
-                    from: None,
-                    to: BookingStatus::Held,
+                    action,
+                    from,
+                    to,
                     request_id: Some(view.id.to_string()),
                 },
             ));

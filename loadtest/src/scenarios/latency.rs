@@ -105,14 +105,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
             e2e.record(d);
         }
     }
-    checks::wait_decided(
+    let decisions = checks::decisions_when_decided(
         &ctx.pool,
         &accepted,
         s.decision_timeout,
         Duration::from_millis(100),
     )
     .await?;
-    let decisions = checks::decisions(&ctx.pool, &accepted).await?;
     Ok(Outcome {
         result: LatencyResult {
             rate: s.rate,

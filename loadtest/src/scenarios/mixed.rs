@@ -211,14 +211,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     }
     let elapsed = start.elapsed();
 
-    checks::wait_decided(
+    let decisions = checks::decisions_when_decided(
         &ctx.pool,
         &all.accepted,
         s.decision_timeout,
         Duration::from_millis(100),
     )
     .await?;
-    let decisions = checks::decisions(&ctx.pool, &all.accepted).await?;
 
     // Wait for the holds left to expire, when the stack's hold TTL allows.
     let left: Vec<Uuid> = all

@@ -103,14 +103,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     }
     let submit = start.elapsed();
 
-    checks::wait_decided(
+    let decisions = checks::decisions_when_decided(
         &ctx.pool,
         &ids,
         s.decision_timeout,
         Duration::from_millis(20),
     )
     .await?;
-    let decisions = checks::decisions(&ctx.pool, &ids).await?;
     let all_decided = decisions
         .last_decided
         .map(|l| (l - start_wall).to_std().unwrap_or_default())

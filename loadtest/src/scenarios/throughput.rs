@@ -98,14 +98,13 @@ pub async fn run(ctx: &Ctx, round: usize) -> anyhow::Result<Outcome> {
         .map(|id| ctx.api.decision(*id, s.decision_timeout))
         .collect();
     futures::future::join_all(polls).await;
-    checks::wait_decided(
+    let decisions = checks::decisions_when_decided(
         &ctx.pool,
         &ids,
         s.decision_timeout,
         Duration::from_millis(100),
     )
     .await?;
-    let decisions = checks::decisions(&ctx.pool, &ids).await?;
     // Checked: drop the round's holds, or the scheduler would be expiring tens of thousands
     // of them (short TTL of the bench stack) while the next round is measured.
     super::baseline::cleanup(&ctx.pool, &grid.practitioners).await?;
