@@ -292,6 +292,20 @@ pub fn authorize(p: &Principal, action: Action) -> Result<(), ApiError> {
     if allowed { Ok(()) } else { Err(forbidden()) }
 }
 
+/// Whose bookings `GET /v1/patients/{id}/bookings` lists for this caller: a clinic admin sees
+/// the patient's bookings at their own clinic only (the patient's record and other bookings
+/// stay hidden); everyone else needs [`Action::ReadPatient`].
+pub fn patient_bookings_scope(
+    p: &Principal,
+    patient: Uuid,
+) -> Result<slotq_common::db::bookings::ListOwner, ApiError> {
+    use slotq_common::db::bookings::ListOwner;
+    match (p.role, p.clinic_id) {
+        (Role::ClinicAdmin, Some(clinic)) => Ok(ListOwner::PatientAtClinic { patient, clinic }),
+        _ => authorize(p, Action::ReadPatient(patient)).map(|()| ListOwner::Patient(patient)),
+    }
+}
+
 /// The audit-log actor for a caller.
 pub fn actor(p: &Principal, request_id: Option<String>) -> slotq_common::db::bookings::Actor {
     slotq_common::db::bookings::Actor {

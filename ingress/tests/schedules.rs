@@ -661,3 +661,50 @@ async fn listings_page_through_bookings_and_search_finds_free_slots_earliest_fir
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hours_may_end_at_midnight_and_its_last_slot_can_be_booked() {
+    let app = spawn(Options::default()).await;
+    let (_, pid) = app.practitioner_in("FR").await;
+    let day = (chrono::Utc::now() + chrono::Duration::days(3)).date_naive();
+    let weekly: Vec<Value> = (1..=7)
+        .map(|d| json!({"weekday": d, "start": "22:00", "end": "24:00"}))
+        .collect();
+    let body = json!({
+        "weekly": weekly,
+        "exceptions": [{"date": day.succ_opt().unwrap().to_string(), "start": "23:00", "end": "24:00"}],
+    });
+    let (s, b) = app
+        .put(&format!("/v1/practitioners/{pid}/hours"), &body)
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["weekly"][0]["end"], "24:00", "{b}");
+    assert_eq!(b["exceptions"][0]["end"], "24:00", "{b}");
+    // Read back from PostgreSQL, the end is still midnight.
+    let (s, b) = app.get(&format!("/v1/practitioners/{pid}/hours")).await;
+    assert_eq!((s, &b["weekly"][6]["end"]), (200, &json!("24:00")), "{b}");
+
+    let slots = day_slots(&app, pid, &day.to_string()).await;
+    assert_eq!(
+        slots.last().map(String::as_str),
+        Some(format!("{day}T23:30:00Z").as_str()),
+        "{slots:?}"
+    );
+    assert_eq!(slots.len(), 4, "{slots:?}");
+    let last = day.and_hms_opt(23, 30, 0).unwrap().and_utc();
+    let patient = app.patient().await;
+    app.hold(patient, pid, last).await;
+
+    // 24:00 is only an end; anything past it is refused.
+    for bad in [
+        json!({"weekly": [{"weekday": 1, "start": "24:00", "end": "24:00"}]}),
+        json!({"weekly": [{"weekday": 1, "start": "22:00", "end": "24:30"}]}),
+        json!({"weekly": [{"weekday": 1, "start": "22:00", "end": "24:00:00"}]}),
+    ] {
+        let (s, b) = app
+            .put(&format!("/v1/practitioners/{pid}/hours"), &bad)
+            .await;
+        assert_eq!(s, 422, "{bad} → {b}");
+    }
+    app.stop().await;
+}

@@ -165,7 +165,7 @@ async fn every_route_enforces_the_role_matrix() {
             "GET",
             format!("/v1/patients/{p1}/bookings"),
             None,
-            [401, 200, 404, 404, 404, 200, 200],
+            [401, 200, 404, 200, 200, 200, 200],
         ),
         (
             "GET",
@@ -225,6 +225,36 @@ async fn every_route_enforces_the_role_matrix() {
                 ));
             }
         }
+    }
+    // A clinic admin lists a patient's bookings at their own clinic only; an unknown patient
+    // is 404 for them as for everyone.
+    for (who, want) in [(3, 1), (4, 0), (6, 1)] {
+        let (got, resp) = app
+            .call(
+                "GET",
+                &format!("/v1/patients/{p1}/bookings"),
+                tokens[who].1.as_deref(),
+                None,
+            )
+            .await;
+        let n = resp["items"].as_array().map(Vec::len);
+        if (got, n) != (200, Some(want)) {
+            failures.push(format!(
+                "patient bookings as {}: got {got} with {n:?} items, want {want}: {resp}",
+                tokens[who].0
+            ));
+        }
+    }
+    let (got, _) = app
+        .call(
+            "GET",
+            &format!("/v1/patients/{}/bookings", Uuid::now_v7()),
+            tokens[3].1.as_deref(),
+            None,
+        )
+        .await;
+    if got != 404 {
+        failures.push(format!("unknown patient's bookings as adminA: got {got}"));
     }
     // Cancel last: only the owner, its clinic or a service may; ops may only look.
     let cancel = format!("/v1/bookings/{b}/cancel");

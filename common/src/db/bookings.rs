@@ -222,6 +222,13 @@ pub enum ListOwner {
     Patient(Uuid),
     /// A practitioner's (the day sheet).
     Practitioner(Uuid),
+    /// A patient's at one clinic (what that clinic's admin may see).
+    PatientAtClinic {
+        /// The patient.
+        patient: Uuid,
+        /// The clinic.
+        clinic: Uuid,
+    },
 }
 
 /// Bookings of a patient or practitioner ordered by (slot_start, id), one page.
@@ -230,9 +237,10 @@ pub async fn list(
     owner: ListOwner,
     f: &ListFilter,
 ) -> Result<Vec<Booking>, sqlx::Error> {
-    let (by_patient, owner_id) = match owner {
-        ListOwner::Patient(id) => (true, id),
-        ListOwner::Practitioner(id) => (false, id),
+    let (by_patient, owner_id, clinic) = match owner {
+        ListOwner::Patient(id) => (true, id, None),
+        ListOwner::Practitioner(id) => (false, id, None),
+        ListOwner::PatientAtClinic { patient, clinic } => (true, patient, Some(clinic)),
     };
     let (after_start, after_id) = f.after.map_or((None, None), |(s, id)| (Some(s), Some(id)));
     sqlx::query_as(
@@ -242,6 +250,8 @@ pub async fn list(
            AND ($4::timestamptz IS NULL OR slot_start >= $4)
            AND ($5::timestamptz IS NULL OR slot_start < $5)
            AND ($6::timestamptz IS NULL OR (slot_start, id) > ($6, $7))
+           AND ($9::uuid IS NULL
+                OR practitioner_id IN (SELECT id FROM practitioners WHERE clinic_id = $9))
          ORDER BY slot_start, id
          LIMIT $8",
     )
@@ -253,6 +263,7 @@ pub async fn list(
     .bind(after_start)
     .bind(after_id)
     .bind(f.limit)
+    .bind(clinic)
     .fetch_all(pool)
     .await
 }

@@ -97,6 +97,47 @@ pub fn slot_minutes(v: i64) -> Result<u32, String> {
     }
 }
 
+/// The end of a local day, `24:00`: [`NaiveTime`] has no 24:00, so the last microsecond of
+/// the day stands for it (PostgreSQL's `time` keeps it exactly). Only an interval's end may be
+/// it; [`minutes_of_day`] counts it as 1440 and [`hhmm`] writes it `24:00`.
+pub const END_OF_DAY: NaiveTime = match NaiveTime::from_hms_micro_opt(23, 59, 59, 999_999) {
+    Some(t) => t,
+    None => NaiveTime::MIN,
+};
+
+/// Minutes since local midnight; [`END_OF_DAY`] is 1440.
+pub fn minutes_of_day(t: NaiveTime) -> u32 {
+    if t == END_OF_DAY {
+        24 * 60
+    } else {
+        chrono::Timelike::hour(&t) * 60 + chrono::Timelike::minute(&t)
+    }
+}
+
+/// `HH:MM`, with [`END_OF_DAY`] as `24:00`.
+pub fn hhmm(t: NaiveTime) -> String {
+    if t == END_OF_DAY {
+        "24:00".into()
+    } else {
+        t.format("%H:%M").to_string()
+    }
+}
+
+/// The end of a working interval: a local time `HH:MM` on a 5-minute grid, or `24:00`
+/// (midnight at the end of the day, [`END_OF_DAY`]).
+pub fn local_end_time(raw: &str) -> Result<NaiveTime, String> {
+    if raw == "24:00" {
+        return Ok(END_OF_DAY);
+    }
+    local_time(raw).map_err(|e| {
+        if e.starts_with("must be a local time") {
+            "must be a local time HH:MM (00:05 to 24:00)".to_string()
+        } else {
+            e
+        }
+    })
+}
+
 /// A local time of day written `HH:MM`, on a 5-minute grid.
 pub fn local_time(raw: &str) -> Result<NaiveTime, String> {
     let t = NaiveTime::parse_from_str(raw, "%H:%M")
@@ -151,5 +192,12 @@ mod tests {
         assert!(local_time("09:03").is_err());
         assert!(local_time("25:00").is_err());
         assert!(local_time("9am").is_err());
+        assert!(local_time("24:00").is_err(), "24:00 is only an end");
+        assert_eq!(local_end_time("24:00"), Ok(END_OF_DAY));
+        assert_eq!(minutes_of_day(END_OF_DAY), 1440);
+        assert_eq!(hhmm(END_OF_DAY), "24:00");
+        assert_eq!(local_end_time("17:30").map(hhmm).as_deref(), Ok("17:30"));
+        assert!(local_end_time("24:05").is_err());
+        assert!(local_end_time("24:00:00").is_err());
     }
 }

@@ -205,7 +205,7 @@ impl Schedule {
 }
 
 fn minutes(t: NaiveTime) -> u32 {
-    t.hour() * 60 + t.minute()
+    super::fields::minutes_of_day(t)
 }
 
 #[cfg(test)]
@@ -247,6 +247,38 @@ mod tests {
             .check(utc("2026-03-02T08:00:00Z"), utc(NOW), 60)
             .expect("valid");
         assert_eq!(end, utc("2026-03-02T08:30:00Z"));
+    }
+
+    #[test]
+    fn hours_may_end_at_midnight() {
+        let s = Schedule {
+            tz: chrono_tz::UTC,
+            slot_minutes: 30,
+            weekly: vec![WeeklyHours {
+                weekday: 1,
+                start: t("22:00"),
+                end: crate::domain::fields::END_OF_DAY,
+            }],
+            exceptions: vec![],
+        };
+        // 2026-03-02 is a Monday: the last slot is 23:30–24:00.
+        assert_eq!(
+            s.fits(utc("2026-03-02T23:30:00Z")),
+            Ok(utc("2026-03-03T00:00:00Z"))
+        );
+        let day = NaiveDate::from_ymd_opt(2026, 3, 2).expect("date");
+        assert_eq!(s.slots_on(day).len(), 4);
+        assert_eq!(
+            s.slots_between(utc("2026-03-02T00:00:00Z"), utc("2026-03-03T00:00:00Z"))
+                .last()
+                .copied(),
+            Some(utc("2026-03-02T23:30:00Z"))
+        );
+        // Tuesday has no hours; midnight belongs to it, not to Monday's interval.
+        assert_eq!(
+            s.fits(utc("2026-03-03T00:00:00Z")),
+            Err(SlotProblem::OutsideHours)
+        );
     }
 
     #[test]

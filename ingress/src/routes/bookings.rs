@@ -434,11 +434,11 @@ pub async fn by_patient(
     IdPath(id): IdPath,
     AppQuery(q): AppQuery<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&caller, Action::ReadPatient(id))?;
+    let owner = crate::auth::patient_bookings_scope(&caller, id)?;
     if !slotq_common::db::directory::patient_exists(&s.pool, id).await? {
         return Err(ApiError::not_found("patient", id));
     }
-    list(&s, ListOwner::Patient(id), &q).await
+    list(&s, owner, &q).await
 }
 
 /// `GET /v1/practitioners/{id}/bookings?status=&from=&to=&limit=&cursor=` (the day sheet).

@@ -8,7 +8,7 @@ use axum::{
     http::{StatusCode, header},
     response::IntoResponse,
 };
-use chrono::{NaiveDate, NaiveTime};
+use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use slotq_common::{
     db::directory::{self, NewClinic},
@@ -193,7 +193,7 @@ fn parse_hours(b: &HoursBody) -> Result<(Vec<WeeklyHours>, Vec<ScheduleException
             },
         );
         let start = f.check(&format!("weekly[{i}].start"), fields::local_time(&w.start));
-        let end = f.check(&format!("weekly[{i}].end"), fields::local_time(&w.end));
+        let end = f.check(&format!("weekly[{i}].end"), fields::local_end_time(&w.end));
         if let (Some(weekday), Some(start), Some(end)) = (day, start, end) {
             if start >= end {
                 f.0.push(FieldError::new(
@@ -237,7 +237,7 @@ fn parse_hours(b: &HoursBody) -> Result<(Vec<WeeklyHours>, Vec<ScheduleException
             (Some(true), None, None) => Some(None),
             (None | Some(false), Some(s), Some(en)) => {
                 let s = f.check(&format!("exceptions[{i}].start"), fields::local_time(s));
-                let en = f.check(&format!("exceptions[{i}].end"), fields::local_time(en));
+                let en = f.check(&format!("exceptions[{i}].end"), fields::local_end_time(en));
                 match (s, en) {
                     (Some(s), Some(en)) if s < en => Some(Some((s, en))),
                     (Some(_), Some(_)) => {
@@ -275,18 +275,14 @@ fn parse_hours(b: &HoursBody) -> Result<(Vec<WeeklyHours>, Vec<ScheduleException
     Ok((weekly.into_iter().map(|(_, w)| w).collect(), exceptions))
 }
 
-fn hhmm(t: NaiveTime) -> String {
-    t.format("%H:%M").to_string()
-}
-
 fn hours_body(weekly: &[WeeklyHours], exceptions: &[ScheduleException]) -> HoursBody {
     HoursBody {
         weekly: weekly
             .iter()
             .map(|w| WeeklyBody {
                 weekday: i64::from(w.weekday),
-                start: hhmm(w.start),
-                end: hhmm(w.end),
+                start: fields::hhmm(w.start),
+                end: fields::hhmm(w.end),
             })
             .collect(),
         exceptions: exceptions
@@ -294,8 +290,8 @@ fn hours_body(weekly: &[WeeklyHours], exceptions: &[ScheduleException]) -> Hours
             .map(|e| ExceptionBody {
                 date: e.date.to_string(),
                 closed: e.hours.is_none().then_some(true),
-                start: e.hours.map(|h| hhmm(h.0)),
-                end: e.hours.map(|h| hhmm(h.1)),
+                start: e.hours.map(|h| fields::hhmm(h.0)),
+                end: e.hours.map(|h| fields::hhmm(h.1)),
             })
             .collect(),
     }
