@@ -216,7 +216,37 @@ pub fn layered(routes: Router<AppState>, state: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(middleware::from_fn(hygiene))
         .with_state(state)
+}
+
+/// The longest client-chosen `x-request-id` kept (it is echoed and logged).
+const MAX_REQUEST_ID: usize = 128;
+
+/// A client's `x-request-id` is kept only when short and made of `[A-Za-z0-9._:-]`; otherwise
+/// a fresh one is made (it is echoed in the response and written to every log line). API
+/// answers carry personal data or secrets: `Cache-Control: no-store` unless a handler set one.
+async fn hygiene(mut req: Request, next: Next) -> Response {
+    let headers = req.headers_mut();
+    let acceptable = |v: &axum::http::HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= MAX_REQUEST_ID
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c))
+    };
+    let ids = headers.get_all("x-request-id");
+    if ids.iter().count() > 1 || ids.iter().any(|v| !acceptable(v)) {
+        headers.remove("x-request-id");
+    }
+    let api = req.uri().path().starts_with("/v1/");
+    let mut res = next.run(req).await;
+    if api {
+        res.headers_mut()
+            .entry(axum::http::header::CACHE_CONTROL)
+            .or_insert(axum::http::HeaderValue::from_static("no-store"));
+    }
+    res
 }
 
 /// A panic, as a 500 problem; the message is logged (in the request's span), not returned.

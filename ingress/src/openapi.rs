@@ -10,6 +10,7 @@ use slotq_common::db::{
     directory::{Clinic, Patient, Practitioner},
     events::AuditRow,
     requests::RequestView,
+    webhooks::{AttemptView, Delivery, Subscription},
 };
 use utoipa::{
     Modify, OpenApi, ToSchema,
@@ -46,6 +47,44 @@ pub struct BookingPage {
     pub items: Vec<Booking>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// A new webhook subscription, with its signing secret (shown this once).
+#[derive(Serialize, ToSchema)]
+pub struct SubscriptionCreated {
+    /// The subscription.
+    #[serde(flatten)]
+    pub subscription: Subscription,
+    /// `whsec_` + base64 key: verifies the `webhook-signature` of every delivery.
+    pub secret: String,
+}
+
+/// A page of webhook subscriptions.
+#[derive(Serialize, ToSchema)]
+pub struct SubscriptionPage {
+    /// Newest first.
+    pub items: Vec<Subscription>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A page of a subscription's deliveries.
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryPage {
+    /// Newest first.
+    pub items: Vec<Delivery>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A delivery with every attempt made.
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryDetail {
+    /// The delivery.
+    #[serde(flatten)]
+    pub delivery: Delivery,
+    /// Its attempts, in order.
+    pub history: Vec<AttemptView>,
 }
 
 /// Open schedule conflicts.

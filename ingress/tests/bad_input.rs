@@ -67,14 +67,54 @@ async fn bad_booking_requests_get_the_right_4xx_and_nothing_is_written() {
         .0,
         422
     );
+    // A body that does not fit names the field, in JSON's terms.
+    let field_of = |b: &Value| {
+        (
+            b["errors"][0]["field"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            b["errors"][0]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    let (s, b) = submit_raw(&app, r#"{"patient_id": "not-a-uuid"}"#).await;
+    assert_eq!(s, 422);
+    assert_eq!(field_of(&b), ("patient_id".into(), "invalid".into()), "{b}");
+    let only_patient = json!({"patient_id": fx.patient_id});
+    let (s, b) = submit_raw(&app, &only_patient.to_string()).await;
+    assert_eq!(s, 422);
     assert_eq!(
-        submit_raw(&app, r#"{"patient_id": "not-a-uuid"}"#).await.0,
-        422
+        field_of(&b),
+        ("practitioner_id".into(), "required".into()),
+        "{b}"
     );
     let bad_uuid = json!({"patient_id": "1234", "practitioner_id": fx.practitioner_id, "slot_start": good_slot.to_rfc3339()});
     assert_eq!(submit_raw(&app, &bad_uuid.to_string()).await.0, 422);
     let extra = json!({"patient_id": fx.patient_id, "practitioner_id": fx.practitioner_id, "slot_start": good_slot.to_rfc3339(), "x": 1});
-    assert_eq!(submit_raw(&app, &extra.to_string()).await.0, 422);
+    let (s, b) = submit_raw(&app, &extra.to_string()).await;
+    assert_eq!(s, 422);
+    assert_eq!(field_of(&b), ("x".into(), "unknown_field".into()), "{b}");
+    let (s, b) = submit_raw(&app, "[1]").await;
+    assert_eq!(s, 422);
+    assert_eq!(field_of(&b).0, "body", "{b}");
+    let detail = b["errors"][0]["detail"].as_str().unwrap_or_default();
+    assert!(
+        !detail.contains("Body") && !detail.contains("struct"),
+        "no server type names: {detail}"
+    );
+    let (s, b) = raw(
+        &app,
+        "PUT",
+        &format!("/v1/practitioners/{}/hours", fx.practitioner_id),
+        Some("application/json"),
+        br#"{"weekly": [{"weekday": 1, "start": 9, "end": "10:00"}]}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(s, 422);
+    assert_eq!(field_of(&b).0, "weekly[0].start", "{b}");
     assert_eq!(
         submit_raw(&app, &booking(&fx, "tomorrow at nine")).await.0,
         422
@@ -132,6 +172,17 @@ async fn bad_booking_requests_get_the_right_4xx_and_nothing_is_written() {
         .await
         .unwrap();
     assert!(res.status().is_client_error());
+    // Two keys on one request: which one would a retry send? Refused.
+    let res = app
+        .http
+        .post(format!("{}/v1/booking-requests", app.base))
+        .header("idempotency-key", "k-a")
+        .header("idempotency-key", "k-b")
+        .json(&serde_json::from_str::<Value>(&booking(&fx, &good_slot.to_rfc3339())).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
 
     // Nothing was written anywhere.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -209,7 +260,7 @@ async fn bad_paths_methods_and_query_strings_are_problems_too() {
         )
         .await
         .0,
-        400
+        422
     );
     assert_eq!(
         raw(
@@ -221,7 +272,7 @@ async fn bad_paths_methods_and_query_strings_are_problems_too() {
         )
         .await
         .0,
-        400
+        422
     );
     app.stop().await;
 }

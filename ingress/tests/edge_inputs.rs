@@ -40,7 +40,7 @@ async fn a_huge_poll_wait_is_capped_not_a_panic() {
         );
         assert_eq!(v["status"], "held");
     }
-    // Not numbers of seconds at all: still 400.
+    // Not numbers of seconds at all: 422 naming the parameter.
     for wait in ["inf", "NaN", "-1e20"] {
         let (s, ct, _) = send(app.http.get(format!(
             "{}/v1/booking-requests/{request}?wait={wait}",
@@ -49,7 +49,7 @@ async fn a_huge_poll_wait_is_capped_not_a_panic() {
         .await;
         assert_eq!(
             (s, ct.as_str()),
-            (400, "application/problem+json"),
+            (422, "application/problem+json"),
             "{wait}"
         );
     }
@@ -490,5 +490,71 @@ async fn a_401_carries_a_bearer_challenge_naming_a_bad_token() {
             r#"Bearer error="invalid_token""#
         );
     }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_cache_headers_ids_and_dates_at_the_edges() {
+    let app = spawn(Options::default()).await;
+    let fx = app.fixture().await;
+    let get = |path: String, request_id: Option<&'static str>| {
+        let mut req = app.http.get(format!("{}{path}", app.base));
+        if let Some(id) = request_id {
+            req = req.header("x-request-id", id);
+        }
+        req.send()
+    };
+    // A tidy client request id is echoed; a long or odd one is replaced by a fresh one.
+    let patient = format!("/v1/patients/{}", fx.patient_id);
+    let res = get(patient.clone(), Some("req-42.a:b")).await.unwrap();
+    assert_eq!(res.headers()["x-request-id"], "req-42.a:b");
+    // API answers (personal data here) are not to be cached.
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let long: &'static str = Box::leak("x".repeat(2000).into_boxed_str());
+    for odd in [long, "a b {\"x\":1}"] {
+        let res = get(patient.clone(), Some(odd)).await.unwrap();
+        let echoed = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_ne!(echoed, odd);
+        assert!(Uuid::parse_str(&echoed).is_ok(), "{echoed}");
+    }
+    // One URL per resource: only the hyphenated form of an id.
+    let simple = fx.patient_id.simple().to_string();
+    let braced = format!("{{{}}}", fx.patient_id);
+    for alias in [simple, braced] {
+        let res = get(format!("/v1/patients/{alias}"), None).await.unwrap();
+        assert_eq!(res.status(), 404, "{alias}");
+    }
+    let upper = fx.patient_id.to_string().to_uppercase();
+    let res = get(format!("/v1/patients/{upper}"), None).await.unwrap();
+    assert_eq!(
+        res.status(),
+        200,
+        "the hyphenated form in upper case is the same id"
+    );
+    // Dates past year 9999 cannot be written as RFC 3339: refused, not printed as +10000.
+    let res = get(
+        format!(
+            "/v1/practitioners/{}/availability?from=9999-12-30&days=7",
+            fx.practitioner_id
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 422);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["errors"][0]["field"], "from", "{v}");
+    // `null` as the optional body of a status change is no body.
+    let (_, booking) = app
+        .hold(fx.patient_id, fx.practitioner_id, slot(3, 600))
+        .await;
+    let (s, _, v) = send(
+        app.http
+            .post(format!("{}/v1/bookings/{booking}/cancel", app.base))
+            .header("content-type", "application/json")
+            .body("null"),
+    )
+    .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("cancelled")), "{v}");
     app.stop().await;
 }

@@ -81,6 +81,75 @@ async fn a_negative_amount_is_refused_and_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_without_amount_or_currency_is_refused_and_changes_nothing() {
+    let app = spawn(Options::default()).await;
+    let (_, booking) = held_booking(&app, 645).await;
+    for (kind, drop) in [
+        ("payment.succeeded", "amount"),
+        ("payment.succeeded", "currency"),
+        ("payment.failed", "amount"),
+    ] {
+        let mut bad = event(&format!("evt_no_{drop}_{kind}"), kind, booking);
+        bad.as_object_mut().unwrap().remove(drop);
+        let (s, problem) = app.pay(&bad, &app.secret, now()).await;
+        assert_eq!(s, 422, "{kind} without {drop}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], drop, "{problem}");
+        assert_eq!(problem["errors"][0]["code"], "required", "{problem}");
+        bad[drop] = Value::Null;
+        assert_eq!(app.pay(&bad, &app.secret, now()).await.0, 422);
+    }
+    // An event type slotq does not act on needs neither.
+    let other = json!({"id": "evt_other", "type": "charge.dispute.created", "booking_id": booking});
+    let (s, body) = app.pay(&other, &app.secret, now()).await;
+    assert_eq!(
+        (s, body["outcome"].as_str()),
+        (200, Some("ignored")),
+        "{body}"
+    );
+    let (_, b) = app.get(&format!("/v1/bookings/{booking}")).await;
+    assert_eq!(b["status"], "held");
+    assert_eq!(app.count("SELECT count(*) FROM payment_events").await, 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_id_reused_for_another_notification_is_refused() {
+    let app = spawn(Options::default()).await;
+    let (_, first) = held_booking(&app, 690).await;
+    let (_, second) = held_booking(&app, 720).await;
+    let (s, body) = pay(&app, "evt_r", "payment.succeeded", first).await;
+    assert_eq!((s, body["outcome"].as_str()), (200, Some("confirmed")));
+    // The same id for another booking, another type or another amount: 422, nothing changes.
+    let mut other_amount = event("evt_r", "payment.succeeded", first);
+    other_amount["amount"] = json!(1);
+    for ev in [
+        event("evt_r", "payment.succeeded", second),
+        event("evt_r", "payment.failed", first),
+        other_amount,
+    ] {
+        let (s, problem) = app.pay(&ev, &app.secret, now()).await;
+        assert_eq!(s, 422, "{ev} → {problem}");
+        assert_eq!(problem["errors"][0]["field"], "id", "{problem}");
+        assert_eq!(problem["errors"][0]["code"], "reused", "{problem}");
+    }
+    let (_, b) = app.get(&format!("/v1/bookings/{second}")).await;
+    assert_eq!(b["status"], "held", "the second booking was not confirmed");
+    let (_, b) = app.get(&format!("/v1/bookings/{first}")).await;
+    assert_eq!(b["status"], "confirmed");
+    // The same notification again (currency in another case) is still a replay.
+    let mut same = event("evt_r", "payment.succeeded", first);
+    same["currency"] = json!("eur");
+    let (s, body) = app.pay(&same, &app.secret, now()).await;
+    assert_eq!(
+        (s, body["outcome"].as_str()),
+        (200, Some("confirmed")),
+        "{body}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM payment_events").await, 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_signatures_and_stale_timestamps_are_refused_and_change_nothing() {
     let app = spawn(Options::default()).await;
     let (_, booking) = held_booking(&app, 660).await;

@@ -422,6 +422,17 @@ async fn a_confirmed_booking_stays_confirmed_when_rescheduled_and_frees_its_old_
     assert_eq!(b["slot_start"], json!(new));
     assert_eq!(b["status"], "confirmed");
     assert!(b["payment_ref"].is_string());
+    // The event names the reschedule request (not the booking's first one) and its kind.
+    let (event_request, kind): (String, String) = sqlx::query_as(
+        "SELECT payload->>'request_id', payload->>'kind' FROM outbox WHERE type = 'booking.rescheduled'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (event_request, kind),
+        (id_of(&r).to_string(), "reschedule".to_owned())
+    );
     let date = old.date_naive().to_string();
     let free = day_slots(&app, fx.practitioner_id, &date).await;
     assert!(free.contains(&rfc(old)) && !free.contains(&rfc(new)));

@@ -294,7 +294,11 @@ impl Dispatcher {
         let res = self
             .http
             .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            // Structured mode of the CloudEvents HTTP binding: the whole event is the body.
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                crate::cloudevent::CONTENT_TYPE,
+            )
             .header("webhook-id", &id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature)

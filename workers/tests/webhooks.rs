@@ -75,7 +75,10 @@ fn verify(r: &Received, secret: &Secret) {
             300,
         )
         .unwrap_or_else(|e| panic!("signature of {r:?} does not verify: {e}"));
-    assert_eq!(r.header("content-type"), "application/json");
+    assert_eq!(
+        r.header("content-type"),
+        slotq_workers::cloudevent::CONTENT_TYPE
+    );
     assert_eq!(
         r.header("webhook-id"),
         r.json()["id"].as_str().unwrap(),
@@ -464,14 +467,19 @@ async fn the_subscription_api_validates_input_and_answers_problem_json() {
         ),
         (
             json!({"url": 42, "events": ["booking.held"]}),
-            "body",
+            "url",
             "invalid",
         ),
-        (json!({"events": ["booking.held"]}), "body", "invalid"),
+        (json!({"events": ["booking.held"]}), "url", "required"),
         (
             json!({"url": "https://example.com/", "events": ["booking.held"], "x": 1}),
-            "body",
-            "invalid",
+            "x",
+            "unknown_field",
+        ),
+        (
+            json!({"url": "http://localhost:9/#where", "events": ["booking.held"]}),
+            "url",
+            "invalid_url",
         ),
     ];
     for (body, field, code) in cases {

@@ -58,6 +58,7 @@ impl Booking {
             status: self.status.as_str().to_owned(),
             reason,
             previous_slot_start: None,
+            kind: None,
         }
     }
 }
@@ -335,6 +336,7 @@ pub async fn expire_due(pool: &PgPool, limit: i64) -> Result<Vec<ExpiredHold>, s
                 status: BookingStatus::Expired.as_str().to_owned(),
                 reason: Some("hold_expired".into()),
                 previous_slot_start: None,
+                kind: None,
             },
         })
         .collect();

@@ -67,6 +67,10 @@ pub struct BookingEventData {
     /// The slot a rescheduled booking left.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_slot_start: Option<DateTime<Utc>>,
+    /// For the events of a worker's decision: the deciding request's kind, `book` or
+    /// `reschedule`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 /// One outbox row to write.

@@ -254,7 +254,9 @@ pub async fn commit_batch(
                 NewEvent {
                     event_type: types::RESCHEDULED,
                     data: BookingEventData {
+                        request_id: view.id,
                         previous_slot_start: o.previous_slot,
+                        kind: Some(view.kind.clone()),
                         ..b.event_data(None)
                     },
                 },
@@ -276,6 +278,7 @@ pub async fn commit_batch(
                         status: view.status.clone(),
                         reason: view.reason.clone(),
                         previous_slot_start: None,
+                        kind: Some(view.kind.clone()),
                     },
                 },
                 o.booking_id

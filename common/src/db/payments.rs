@@ -74,35 +74,81 @@ pub struct PaymentResult {
     pub changed: Option<Booking>,
 }
 
-/// Applies a payment notice. `Err(NotFound)` when the booking does not exist (nothing stored).
+/// Why a notice was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    /// The booking is unknown, or the database failed.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// The event id was recorded before for a different notification (another booking, type,
+    /// amount or currency): nothing is changed and the earlier answer is not repeated.
+    #[error("event id already used for a different notification")]
+    EventReused,
+}
+
+impl From<sqlx::Error> for PaymentError {
+    fn from(e: sqlx::Error) -> Self {
+        PaymentError::Transition(e.into())
+    }
+}
+
+/// A notification recorded before under the same event id.
+#[derive(sqlx::FromRow)]
+struct StoredEvent {
+    booking_id: Uuid,
+    #[sqlx(rename = "type")]
+    event_type: String,
+    amount: Option<i64>,
+    currency: Option<String>,
+    outcome: String,
+}
+
+impl StoredEvent {
+    /// The earlier answer when `notice` is the same notification again.
+    fn replay(self, notice: &PaymentNotice) -> Result<PaymentResult, PaymentError> {
+        let same = self.booking_id == notice.booking_id
+            && self.event_type == notice.event_type
+            && self.amount == notice.amount
+            && self.currency == notice.currency;
+        if !same {
+            return Err(PaymentError::EventReused);
+        }
+        Ok(PaymentResult {
+            outcome: PaymentOutcome::parse(&self.outcome),
+            duplicate: true,
+            changed: None,
+        })
+    }
+}
+
+const STORED_EVENT: &str =
+    "SELECT booking_id, type, amount, currency, outcome FROM payment_events WHERE event_id = $1";
+
+/// Applies a payment notice. `NotFound` when the booking does not exist, `EventReused` when
+/// the event id came before with another notification (nothing stored or changed either way).
 pub async fn apply_payment(
     pool: &PgPool,
     notice: &PaymentNotice,
     actor: &Actor,
-) -> Result<PaymentResult, TransitionError> {
-    if let Some(outcome) = stored_outcome(pool, &notice.event_id).await? {
-        return Ok(PaymentResult {
-            outcome,
-            duplicate: true,
-            changed: None,
-        });
+) -> Result<PaymentResult, PaymentError> {
+    let stored: Option<StoredEvent> = sqlx::query_as(STORED_EVENT)
+        .bind(&notice.event_id)
+        .fetch_optional(pool)
+        .await?;
+    if let Some(stored) = stored {
+        return stored.replay(notice);
     }
     let mut tx = pool.begin().await?;
     let booking = lock_booking(&mut tx, notice.booking_id)
         .await?
         .ok_or(TransitionError::NotFound)?;
     // Checked again under the lock: a duplicate delivered concurrently waited on the row.
-    let dup: Option<(String,)> =
-        sqlx::query_as("SELECT outcome FROM payment_events WHERE event_id = $1")
-            .bind(&notice.event_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if let Some((outcome,)) = dup {
-        return Ok(PaymentResult {
-            outcome: PaymentOutcome::parse(&outcome),
-            duplicate: true,
-            changed: None,
-        });
+    let dup: Option<StoredEvent> = sqlx::query_as(STORED_EVENT)
+        .bind(&notice.event_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(stored) = dup {
+        return stored.replay(notice);
     }
     let past_due = booking.status == BookingStatus::Held
         && booking
@@ -180,18 +226,6 @@ pub async fn apply_payment(
         duplicate: false,
         changed,
     })
-}
-
-async fn stored_outcome(
-    pool: &PgPool,
-    event_id: &str,
-) -> Result<Option<PaymentOutcome>, sqlx::Error> {
-    let row: Option<(String,)> =
-        sqlx::query_as("SELECT outcome FROM payment_events WHERE event_id = $1")
-            .bind(event_id)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.map(|(o,)| PaymentOutcome::parse(&o)))
 }
 
 async fn late_payment(conn: &mut sqlx::PgConnection, booking: &Booking) -> Result<(), sqlx::Error> {

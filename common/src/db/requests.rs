@@ -17,6 +17,7 @@ pub struct RequestView {
     pub status: String,
     /// `book` (a new hold) or `reschedule` (moving `booking_id` to `slot_start`).
     #[serde(default = "book")]
+    #[schema(required = true)]
     pub kind: String,
     /// The booking, once held; for a reschedule, the booking being moved (queued, moved or
     /// rejected alike).

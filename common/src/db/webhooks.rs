@@ -13,7 +13,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// A subscription as the API shows it (never with its secret).
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Subscription {
     /// Id (UUIDv7).
     pub id: Uuid,
@@ -331,7 +331,7 @@ async fn record_attempt_on<'c, E: sqlx::PgExecutor<'c>>(
 }
 
 /// A delivery as the API shows it.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Delivery {
     /// Id (UUIDv7).
     pub id: Uuid,
@@ -402,7 +402,7 @@ pub async fn get_delivery(
 }
 
 /// One recorded attempt, as the API shows it.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AttemptView {
     /// Attempt number.
     pub attempt: i32,

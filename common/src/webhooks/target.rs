@@ -63,6 +63,15 @@ pub fn parse(raw: &str, allow_private: bool) -> Result<Url, TargetError> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(TargetError::Credentials);
     }
+    if url.port() == Some(0) {
+        return Err(TargetError::NotUrl("port 0 cannot be connected to".into()));
+    }
+    if url.fragment().is_some() {
+        // A fragment is never sent to the server: the URL would not say where deliveries go.
+        return Err(TargetError::NotUrl(
+            "a fragment (#…) is never sent; leave it out".into(),
+        ));
+    }
     match url.host() {
         None => return Err(TargetError::NotUrl("no host".into())),
         Some(Host::Ipv4(ip)) => check_ip(IpAddr::V4(ip), allow_private)?,
@@ -220,6 +229,15 @@ mod tests {
             parse("not a url", false),
             Err(TargetError::NotUrl(_))
         ));
+        for raw in [
+            "http://hooks.example.com:0/x",
+            "https://hooks.example.com/x#frag",
+        ] {
+            assert!(
+                matches!(parse(raw, false), Err(TargetError::NotUrl(_))),
+                "{raw}"
+            );
+        }
         assert!(matches!(
             parse(&format!("https://e.com/{}", "a".repeat(3000)), false),
             Err(TargetError::TooLong)

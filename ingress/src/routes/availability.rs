@@ -18,11 +18,19 @@ use crate::{
 
 const MAX_DAYS: i64 = 31;
 
+/// The last date an RFC 3339 date can name.
+const LAST_DATE: NaiveDate = match NaiveDate::from_ymd_opt(9999, 12, 31) {
+    Some(d) => d,
+    None => NaiveDate::MIN,
+};
+
 /// `?from=YYYY-MM-DD&days=N`.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AvailabilityQuery {
     from: Option<String>,
+    /// 1–31 (default 7).
+    #[param(minimum = 1, maximum = 31)]
     days: Option<i64>,
 }
 
@@ -73,6 +81,17 @@ pub async fn availability(
             "days",
             "invalid",
             format!("must be between 1 and {MAX_DAYS}"),
+        ));
+    } else if from != NaiveDate::MIN
+        && from
+            .checked_add_days(chrono::Days::new(days.unsigned_abs()))
+            .is_none_or(|end| end > LAST_DATE)
+    {
+        // RFC 3339 dates have four-digit years.
+        errors.push(FieldError::new(
+            "from",
+            "invalid",
+            "the window must end by 9999-12-31",
         ));
     }
     if !errors.is_empty() {
@@ -156,6 +175,8 @@ pub struct SearchQuery {
     country: Option<String>,
     from: Option<String>,
     to: Option<String>,
+    /// 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
     cursor: Option<String>,
 }
@@ -307,6 +328,8 @@ pub struct PractitionerQuery {
     specialty: Option<String>,
     clinic_id: Option<Uuid>,
     country: Option<String>,
+    /// 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 

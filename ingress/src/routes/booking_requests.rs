@@ -38,9 +38,15 @@ pub(crate) fn idempotency_key(
     headers: &HeaderMap,
     caller: &Principal,
 ) -> Result<Option<String>, ApiError> {
-    let Some(raw) = headers.get("idempotency-key") else {
+    let mut given = headers.get_all("idempotency-key").iter();
+    let Some(raw) = given.next() else {
         return Ok(None);
     };
+    if given.next().is_some() {
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key given more than once".into(),
+        ));
+    }
     let key = raw
         .to_str()
         .ok()
@@ -332,6 +338,7 @@ async fn validate(s: &AppState, b: &SubmitBody, now: DateTime<Utc>) -> Result<()
 #[into_params(parameter_in = Query)]
 pub struct PollQuery {
     /// Seconds to wait for a decision while `queued` (0–30; larger values are capped).
+    #[param(minimum = 0)]
     wait: Option<f64>,
 }
 
@@ -350,8 +357,10 @@ pub async fn poll(
             Duration::from_secs_f64(w.min(s.config.max_poll_wait.as_secs_f64()))
         }
         Some(_) => {
-            return Err(ApiError::BadRequest(
-                "wait must be a number of seconds between 0 and 30".into(),
+            return Err(ApiError::invalid_field(
+                "wait",
+                "invalid",
+                "must be a number of seconds between 0 and 30 (larger values are capped)",
             ));
         }
     };

@@ -1,12 +1,7 @@
 //! Bookings: read, cancel, reschedule, visit outcomes, and the per-patient / per-practitioner
 //! listings.
 
-use axum::{
-    Json,
-    extract::State,
-    http::{HeaderMap, header},
-    response::IntoResponse,
-};
+use axum::{Json, extract::State, http::HeaderMap, response::IntoResponse};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use slotq_common::auth::Principal;
@@ -26,7 +21,7 @@ use crate::{
 };
 
 /// `GET /v1/bookings/{id}`.
-#[utoipa::path(get, path = "/v1/bookings/{id}", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_common::db::bookings::Booking), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/bookings/{id}", operation_id = "get_booking", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_common::db::bookings::Booking), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -89,43 +84,21 @@ pub struct ChangeBody {
     reason: Option<String>,
 }
 
-/// Whether `Content-Type` is JSON (`application/json` or `application/*+json`), as
-/// `axum::Json` requires.
-fn is_json(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || essence
-            .strip_prefix("application/")
-            .is_some_and(|sub| sub.ends_with("+json"))
-}
-
-/// No body (or only white space) is fine; a body must be JSON, like every other JSON body.
+/// No body (or only white space) is fine; a body must be JSON, like every other JSON body
+/// (`null` counts as no body, as the OpenAPI document's optional body allows).
 fn parse_optional_body(headers: &HeaderMap, body: &[u8]) -> Result<ChangeBody, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(ChangeBody::default());
     }
-    if !is_json(headers) {
+    if crate::extract::is_json(headers) && body.trim_ascii() == b"null" {
+        return Ok(ChangeBody::default());
+    }
+    if !crate::extract::is_json(headers) {
         return Err(ApiError::UnsupportedMediaType(
             "expected Content-Type: application/json".into(),
         ));
     }
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::invalid_field("body", "invalid", e.to_string())
-        }
-        _ => ApiError::BadRequest(format!("malformed JSON: {e}")),
-    })
+    crate::extract::parse_json(body)
 }
 
 fn request_id(r: Option<axum::Extension<RequestId>>) -> Option<String> {
@@ -333,6 +306,8 @@ pub struct ListQuery {
     status: Option<String>,
     from: Option<String>,
     to: Option<String>,
+    /// 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     cursor: Option<String>,
 }

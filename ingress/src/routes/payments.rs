@@ -6,7 +6,7 @@ use serde_json::json;
 use slotq_common::{
     db::{
         bookings::{Actor, TransitionError},
-        payments::{PaymentNotice, apply_payment},
+        payments::{PaymentError, PaymentNotice, apply_payment},
     },
     signature,
 };
@@ -67,12 +67,7 @@ async fn handle(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<&'stat
     )
     .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
 
-    let b: WebhookBody = serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::invalid_field("body", "invalid", e.to_string())
-        }
-        _ => ApiError::BadRequest(format!("malformed JSON: {e}")),
-    })?;
+    let b: WebhookBody = crate::extract::parse_json(body)?;
     let mut errors = Vec::new();
     if b.id.trim().is_empty() || b.id.len() > 255 {
         errors.push(FieldError::new(
@@ -97,6 +92,22 @@ async fn handle(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<&'stat
             "invalid",
             "must be an ISO 4217 code",
         ));
+    }
+    // A payment's amount and currency are part of what is recorded and compared on a replay;
+    // other (ignored) event types need not carry them.
+    if matches!(b.kind.as_str(), "payment.succeeded" | "payment.failed") {
+        for (field, missing) in [
+            ("amount", b.amount.is_none()),
+            ("currency", b.currency.is_none()),
+        ] {
+            if missing {
+                errors.push(FieldError::new(
+                    field,
+                    "required",
+                    "required for a payment event",
+                ));
+            }
+        }
     }
     if b.amount.is_some_and(|a| a < 0) {
         errors.push(FieldError::new(
@@ -123,8 +134,16 @@ async fn handle(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<&'stat
     let result = apply_payment(&s.pool, &notice, &actor)
         .await
         .map_err(|e| match e {
-            TransitionError::NotFound => ApiError::not_found("booking", notice.booking_id),
-            other => other.into(),
+            PaymentError::Transition(TransitionError::NotFound) => {
+                ApiError::not_found("booking", notice.booking_id)
+            }
+            PaymentError::Transition(other) => other.into(),
+            PaymentError::EventReused => ApiError::invalid_field(
+                "id",
+                "reused",
+                "this event id was used before for a different notification (booking, type, \
+                 amount or currency)",
+            ),
         })?;
     if let Some(b) = &result.changed {
         crate::routes::bookings::after_change(s, b).await;

@@ -23,7 +23,7 @@ use crate::{
     AppState,
     auth::{Action, Caller, authorize},
     error::{ApiError, FieldError},
-    extract::{AppJson, AppQuery, IdPath},
+    extract::{AppJson, AppQuery, IdPath, parse_id},
 };
 
 /// `POST /v1/webhook-subscriptions` body.
@@ -35,7 +35,7 @@ pub struct CreateBody {
 }
 
 /// `POST /v1/webhook-subscriptions` → 201 with the secret (shown once).
-#[utoipa::path(post, path = "/v1/webhook-subscriptions", request_body = CreateBody, responses((status = 201, description = "the subscription with its signing secret (shown once)", body = serde_json::Value), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/webhook-subscriptions", operation_id = "create_webhook_subscription", request_body = CreateBody, responses((status = 201, description = "the subscription with its signing secret (shown once)", body = crate::openapi::SubscriptionCreated), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -100,18 +100,20 @@ pub async fn create(
 
 /// `?limit=&cursor=` of the subscription listing.
 #[derive(Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     cursor: Option<String>,
 }
 
 /// `?status=&limit=&cursor=` of the delivery listing.
 #[derive(Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     cursor: Option<String>,
     status: Option<String>,
@@ -150,7 +152,7 @@ fn limit_and_cursor(
 }
 
 /// `GET /v1/webhook-subscriptions?limit=&cursor=` (oldest first).
-#[utoipa::path(get, path = "/v1/webhook-subscriptions", params(PageQuery), responses((status = 200, body = serde_json::Value), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/webhook-subscriptions", operation_id = "list_webhook_subscriptions", params(PageQuery), responses((status = 200, body = crate::openapi::SubscriptionPage), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn list(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -166,7 +168,7 @@ pub async fn list(
 }
 
 /// `GET /v1/webhook-subscriptions/{id}` (without the secret).
-#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}", params(("id" = String, Path, description = "subscription id (a UUID)")), responses((status = 200, body = serde_json::Value), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}", operation_id = "get_webhook_subscription", params(("id" = String, Path, description = "subscription id (a UUID)")), responses((status = 200, body = slotq_common::db::webhooks::Subscription), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -180,7 +182,7 @@ pub async fn get(
 }
 
 /// `DELETE /v1/webhook-subscriptions/{id}` → 204; its deliveries go with it.
-#[utoipa::path(delete, path = "/v1/webhook-subscriptions/{id}", params(("id" = String, Path, description = "subscription id (a UUID)")), responses((status = 204, description = "deleted"), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/v1/webhook-subscriptions/{id}", operation_id = "delete_webhook_subscription", params(("id" = String, Path, description = "subscription id (a UUID)")), responses((status = 204, description = "deleted"), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn delete(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -195,7 +197,7 @@ pub async fn delete(
 }
 
 /// `GET /v1/webhook-subscriptions/{id}/deliveries?status=&limit=&cursor=` (newest first).
-#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}/deliveries", params(("id" = String, Path, description = "subscription id (a UUID)"), ListQuery), responses((status = 200, body = serde_json::Value), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}/deliveries", params(("id" = String, Path, description = "subscription id (a UUID)"), ListQuery), operation_id = "list_webhook_deliveries", responses((status = 200, body = crate::openapi::DeliveryPage), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn deliveries(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -227,7 +229,7 @@ pub async fn deliveries(
 
 /// `GET /v1/webhook-subscriptions/{id}/deliveries/{delivery_id}`: the delivery and every
 /// attempt (`history`).
-#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}", params(("id" = String, Path, description = "subscription id (a UUID)"), ("delivery_id" = String, Path, description = "delivery id (a UUID)")), responses((status = 200, body = serde_json::Value), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}", operation_id = "get_webhook_delivery", params(("id" = String, Path, description = "subscription id (a UUID)"), ("delivery_id" = String, Path, description = "delivery id (a UUID)")), responses((status = 200, body = crate::openapi::DeliveryDetail), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn delivery(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -245,7 +247,7 @@ pub async fn delivery(
 
 /// `POST /v1/webhook-subscriptions/{id}/deliveries/{delivery_id}/redeliver` → 202: a
 /// dead-lettered delivery is due again at once, with a fresh retry window.
-#[utoipa::path(post, path = "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}/redeliver", params(("id" = String, Path, description = "subscription id (a UUID)"), ("delivery_id" = String, Path, description = "delivery id (a UUID)")), responses((status = 202, body = serde_json::Value), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}/redeliver", params(("id" = String, Path, description = "subscription id (a UUID)"), ("delivery_id" = String, Path, description = "delivery id (a UUID)")), operation_id = "redeliver_webhook_delivery", responses((status = 202, body = slotq_common::db::webhooks::Delivery), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn redeliver(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -278,8 +280,8 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPair {
             axum::extract::Path::<(String, String)>::from_request_parts(parts, state)
                 .await
                 .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        match (a.parse(), b.parse()) {
-            (Ok(a), Ok(b)) => Ok(IdPair(a, b)),
+        match (parse_id(&a), parse_id(&b)) {
+            (Some(a), Some(b)) => Ok(IdPair(a, b)),
             _ => Err(ApiError::NotFound("not a valid id (expected UUIDs)".into())),
         }
     }
