@@ -62,7 +62,7 @@ pub struct SubscriptionCreated {
 /// A page of webhook subscriptions.
 #[derive(Serialize, ToSchema)]
 pub struct SubscriptionPage {
-    /// Newest first.
+    /// Oldest first.
     pub items: Vec<Subscription>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
