@@ -89,5 +89,25 @@ async fn every_documented_operation_is_served_and_every_route_is_documented() {
         "documented paths: {:?}",
         paths.keys().collect::<Vec<_>>()
     );
+    // Operation ids are unique (OpenAPI requires it; code generators name methods by them).
+    let mut ids: Vec<&str> = paths
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    let all = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "duplicate operationId among {ids:?}");
+    assert_eq!(all, operations.len(), "every operation has an id");
+    // The event types the document lists are the ones the server accepts.
+    let listed: Vec<&str> =
+        doc["components"]["schemas"]["CreateBody"]["properties"]["events"]["items"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+    assert_eq!(listed, slotq_common::webhooks::EVENT_TYPES);
     app.stop().await;
 }

@@ -30,8 +30,13 @@ use crate::{
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClinicBody {
+    #[schema(min_length = 1)]
     name: String,
+    /// ISO 3166-1 alpha-2.
+    #[schema(min_length = 2)]
     country_code: String,
+    /// IANA time zone (`Europe/Paris`).
+    #[schema(min_length = 1)]
     timezone: String,
     address: Option<String>,
     phone: Option<String>,
@@ -93,8 +98,12 @@ pub async fn get_clinic(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PractitionerBody {
+    #[schema(min_length = 1)]
     name: String,
+    #[schema(min_length = 1)]
     specialty: String,
+    /// A multiple of 5 from 5 to 480.
+    #[schema(minimum = 5, maximum = 480, multiple_of = 5)]
     slot_minutes: i64,
 }
 
@@ -143,8 +152,12 @@ pub async fn get_practitioner(
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WeeklyBody {
+    /// ISO weekday, Monday = 1 … Sunday = 7.
+    #[schema(minimum = 1, maximum = 7)]
     weekday: i64,
+    /// Local `HH:MM` on a 5-minute grid.
     start: String,
+    /// Local `HH:MM` on a 5-minute grid, or `24:00`.
     end: String,
 }
 
@@ -417,9 +430,13 @@ pub async fn get_hours(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatientBody {
+    #[schema(min_length = 1)]
     name: String,
+    #[schema(min_length = 1)]
     email: String,
     phone: Option<String>,
+    /// ISO 3166-1 alpha-2.
+    #[schema(min_length = 2)]
     country_code: String,
 }
 

@@ -30,7 +30,11 @@ use crate::{
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
+    /// `http(s)://…`, no credentials, no fragment.
+    #[schema(min_length = 1)]
     url: String,
+    /// At least one event type.
+    #[schema(min_items = 1, inline, value_type = Vec<crate::openapi::EventType>)]
     events: Vec<String>,
 }
 
