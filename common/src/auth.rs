@@ -70,14 +70,51 @@ pub struct Claims {
     /// Audience: one string or an array of strings (RFC 7519 §4.1.3); validation requires
     /// ours among them.
     pub aud: Audience,
-    /// Expiry (unix seconds).
+    /// Expiry (unix seconds; a fractional NumericDate is read rounded down).
+    #[serde(deserialize_with = "numeric_date::floor")]
     pub exp: i64,
-    /// Not before (unix seconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Not before (unix seconds; a fractional one is read rounded up).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date::ceil_opt"
+    )]
     pub nbf: Option<i64>,
     /// Issued at (unix seconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date::floor_opt"
+    )]
     pub iat: Option<i64>,
+}
+
+/// RFC 7519 NumericDate: seconds since the epoch, which may be fractional (`1767225600.5`).
+/// jsonwebtoken reads `exp`/`nbf` as integers only, so slotq reads them here and checks them
+/// itself (rounded the safe way: an expiry down, a not-before up).
+mod numeric_date {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        let v = f64::deserialize(d)?;
+        if v.is_finite() {
+            Ok(v)
+        } else {
+            Err(D::Error::custom("not a NumericDate"))
+        }
+    }
+
+    pub fn floor<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        seconds(d).map(|v| v.floor() as i64)
+    }
+
+    pub fn floor_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        floor(d).map(Some)
+    }
+
+    pub fn ceil_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        seconds(d).map(|v| Some(v.ceil() as i64))
+    }
 }
 
 /// The `aud` claim as issued: identity providers send a string or an array.
@@ -181,9 +218,11 @@ impl Verifier {
         let mut v = Validation::new(alg);
         v.set_issuer(&[&self.config.issuer]);
         v.set_audience(&[&self.config.audience]);
-        v.leeway = self.config.leeway.as_secs();
-        v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // `exp` and `nbf` are checked in `verify` (they may be fractional, see `numeric_date`);
+        // `exp` is required by the `Claims` type itself.
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.set_required_spec_claims(&["iss", "aud", "sub"]);
         v
     }
 
@@ -233,6 +272,16 @@ impl Verifier {
         let data = decode::<Claims>(token, &key, &self.validation(alg))
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let c = data.claims;
+        let now = chrono::Utc::now().timestamp();
+        let leeway = i64::try_from(self.config.leeway.as_secs()).unwrap_or(i64::MAX);
+        if c.exp < now.saturating_sub(leeway) {
+            return Err(AuthError::Invalid("the token has expired".into()));
+        }
+        if c.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+            return Err(AuthError::Invalid(
+                "the token is not valid yet (nbf)".into(),
+            ));
+        }
         match (c.role, c.clinic_id, c.patient_id) {
             (Role::ClinicAdmin, None, _) => {
                 return Err(AuthError::Invalid(
@@ -428,5 +477,53 @@ mod tests {
             v.verify_header(Some("Basic abc")).await,
             Err(AuthError::Missing)
         ));
+    }
+
+    #[tokio::test]
+    async fn numeric_dates_may_be_fractional_and_exp_is_required() {
+        let c = config();
+        let v = Verifier::new(c.clone());
+        let now = chrono::Utc::now().timestamp() as f64;
+        let sign = |claims: serde_json::Value| {
+            encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(b"s3cret"),
+            )
+            .unwrap()
+        };
+        let with = |exp: Option<f64>, nbf: Option<f64>| {
+            let mut claims = serde_json::json!({"sub": "ann", "role": "ops", "iss": "slotq",
+                "aud": "slotq-api", "iat": now + 0.25});
+            if let Some(exp) = exp {
+                claims["exp"] = exp.into();
+            }
+            if let Some(nbf) = nbf {
+                claims["nbf"] = nbf.into();
+            }
+            sign(claims)
+        };
+        // RFC 7519 NumericDate: fractional seconds are allowed.
+        assert!(
+            v.verify(&with(Some(now + 60.5), Some(now - 0.5)))
+                .await
+                .is_ok()
+        );
+        // Expired beyond the leeway (5 s), or not yet valid beyond it: refused.
+        assert!(v.verify(&with(Some(now - 6.5), None)).await.is_err());
+        assert!(
+            v.verify(&with(Some(now + 600.0), Some(now + 6.5)))
+                .await
+                .is_err()
+        );
+        // Within the leeway: accepted.
+        assert!(v.verify(&with(Some(now - 3.5), None)).await.is_ok());
+        // No expiry at all, or not a number: refused.
+        assert!(v.verify(&with(None, None)).await.is_err());
+        let mut odd = serde_json::json!({"sub": "ann", "role": "ops", "iss": "slotq",
+            "aud": "slotq-api", "exp": "tomorrow"});
+        assert!(v.verify(&sign(odd.clone())).await.is_err());
+        odd["exp"] = serde_json::json!(null);
+        assert!(v.verify(&sign(odd)).await.is_err());
     }
 }
