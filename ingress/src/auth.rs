@@ -61,7 +61,9 @@ fn is_booking_change(method: &Method, path: &str) -> bool {
 /// Authentication, then rate limits (see the module docs).
 pub async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
-    if !needs_token(&path) {
+    // No route takes OPTIONS: the router answers 405 with `Allow`, token or not (a browser's
+    // CORS preflight never carries one; the API has no CORS support).
+    if !needs_token(&path) || req.method() == axum::http::Method::OPTIONS {
         return next.run(req).await;
     }
     let header = req

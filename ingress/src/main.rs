@@ -41,7 +41,13 @@ async fn main() {
 fn token(config: &Config, args: Vec<String>) -> anyhow::Result<()> {
     use slotq_common::auth::{Role as R, claims, mint_hs256};
     let usage = "usage: slotq-ingress token --role patient|clinic_admin|ops|service --sub <sub> \
-                 [--patient-id <uuid>] [--clinic-id <uuid>] [--ttl-secs <n>]";
+                 [--patient-id <uuid>] [--clinic-id <uuid>] [--ttl-secs <n>]\n  \
+                 --patient-id is required for patient, --clinic-id for clinic_admin; \
+                 --ttl-secs defaults to 3600";
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{usage}");
+        return Ok(());
+    }
     let mut it = args.into_iter();
     let (mut role, mut sub, mut patient, mut clinic, mut ttl) = (None, None, None, None, 3600u64);
     while let Some(flag) = it.next() {
@@ -68,6 +74,14 @@ fn token(config: &Config, args: Vec<String>) -> anyhow::Result<()> {
     let (Some(role), Some(sub)) = (role, sub) else {
         anyhow::bail!("{usage}")
     };
+    // The server refuses these tokens; say so now rather than print one.
+    match (role, patient, clinic) {
+        (R::Patient, None, _) => anyhow::bail!("a patient token needs --patient-id\n{usage}"),
+        (R::ClinicAdmin, _, None) => {
+            anyhow::bail!("a clinic_admin token needs --clinic-id\n{usage}")
+        }
+        _ => {}
+    }
     let secret = config
         .auth
         .hs256_secret
@@ -92,7 +106,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("binding HTTP_ADDR {}: {e}", config.http_addr))?;
     let state = slotq_ingress::AppState::connect(config, shutdown).await?;
     let running = slotq_ingress::serve(listener, state).await?;
-    tracing::info!(addr = %running.addr, "slotq-ingress listening");
+    tracing::info!(addr = %running.addr, admin = %running.admin_addr, "slotq-ingress listening");
     slotq_common::shutdown::signal().await;
     // Not ready first, still serving: load balancers take the pod out of rotation during the
     // delay, then the listener closes and in-flight requests finish.

@@ -250,6 +250,19 @@ async fn bad_paths_methods_and_query_strings_are_problems_too() {
             .0,
         405
     );
+    // A browser's preflight carries no token: still 405 (no CORS), not 401.
+    let preflight = reqwest::Client::new()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/booking-requests", app.base),
+        )
+        .header("origin", "https://portal.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 405);
+    assert_eq!(preflight.headers()["allow"], "POST");
     assert_eq!(
         raw(
             &app,

@@ -558,3 +558,56 @@ async fn request_ids_cache_headers_ids_and_dates_at_the_edges() {
     assert_eq!((s, v["status"].as_str()), (200, Some("cancelled")), "{v}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_command_refuses_tokens_the_server_would_refuse() {
+    let app = spawn(Options {
+        workers: false,
+        scheduler: false,
+        ..Options::default()
+    })
+    .await;
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_slotq-ingress"))
+            .envs(&app.env)
+            .arg("token")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["--role", "patient", "--sub", "ada"][..],
+        &["--role", "clinic_admin", "--sub", "desk"][..],
+        &["--role", "ops"][..],
+        &["--role", "ops", "--sub"][..],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: no token printed");
+    }
+    let help = run(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--patient-id is required"));
+    // A complete patient token is accepted by the server.
+    let patient = app.patient().await;
+    let out = run(&[
+        "--role",
+        "patient",
+        "--sub",
+        "ada",
+        "--patient-id",
+        &patient.to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let (s, body) = app
+        .call(
+            "GET",
+            &format!("/v1/patients/{patient}"),
+            Some(token.trim()),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    app.stop().await;
+}

@@ -220,6 +220,13 @@ pub async fn run(
         .await
         .context("starting the outbox relay and the webhook dispatcher")?;
     tracing::info!(worker = %name, concurrency = config.worker_concurrency, batch_max = config.batch_max, "slotq-workers started");
+    if config.worker_concurrency < config.batch_max {
+        tracing::warn!(
+            concurrency = config.worker_concurrency,
+            batch_max = config.batch_max,
+            "WORKER_CONCURRENCY is below BATCH_MAX: batches can never fill (set it to at least BATCH_MAX)"
+        );
+    }
     supervise(&config, &redis, batcher, &metrics, &shutdown, name).await;
     // The worker (and with it every Batcher clone) is gone: committers drain and stop.
     for c in committers {
