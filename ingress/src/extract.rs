@@ -141,6 +141,25 @@ fn plain_types(message: &str) -> String {
             .unwrap_or(after);
     }
     out.push_str(rest);
+    // …and Rust's number types (`expected i64`).
+    for (rust, json) in [
+        ("i8", "an integer"),
+        ("i16", "an integer"),
+        ("i32", "an integer"),
+        ("i64", "an integer"),
+        ("u8", "a non-negative integer"),
+        ("u16", "a non-negative integer"),
+        ("u32", "a non-negative integer"),
+        ("u64", "a non-negative integer"),
+        ("usize", "a non-negative integer"),
+        ("f32", "a number"),
+        ("f64", "a number"),
+    ] {
+        if let Some(head) = out.strip_suffix(&format!("expected {rust}")) {
+            out = format!("{head}expected {json}");
+            break;
+        }
+    }
     out
 }
 
@@ -271,6 +290,20 @@ mod tests {
         assert_eq!(f, "weekly[0]");
         assert!(!d.contains("Inner"), "no server type names: {d}");
         assert!(d.contains("an object"), "{d}");
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code, reason = "only parsed")]
+        struct Numbers {
+            n: i64,
+        }
+        match parse_json::<Numbers>(br#"{"n": "1"}"#) {
+            Err(ApiError::Unprocessable { errors, .. }) => {
+                assert_eq!(
+                    errors[0].detail,
+                    r#"invalid type: string "1", expected an integer"#
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         let (f, _, d) = field_error(r#"{"name": null, "weekly": []}"#);
         assert_eq!(f, "name");
         assert!(!d.contains("line"), "{d}");
