@@ -168,26 +168,38 @@ impl FastPath {
     }
 
     /// After a batch commit: caches each decision, marks held (and found-taken) slots taken,
-    /// and announces the decided ids. One round trip.
-    pub async fn publish_decisions(&self, views: &[RequestView]) -> redis::RedisResult<()> {
+    /// and announces the decided ids. One round trip. `occupies` says whether a held view's
+    /// slot is still its booking's after the batch (a reschedule moved on by a later one of
+    /// the batch is not).
+    pub async fn publish_decisions(
+        &self,
+        views: &[(&RequestView, bool)],
+    ) -> redis::RedisResult<()> {
         if views.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
         let now = Utc::now();
         let mut ids = String::with_capacity(views.len() * 37);
-        for v in views {
-            let json = serde_json::to_string(v).map_err(json_err)?;
-            // A held status is only cached until the hold expires; after that the poll asks
-            // PostgreSQL, which knows whether it was paid or expired.
-            let ttl = match (v.status.as_str(), v.hold_expires_at) {
-                ("held", Some(at)) => (at - now).num_seconds().max(1) as u64,
-                _ => REMEMBER.as_secs(),
-            };
-            pipe.set_ex(self.keys.request(v.id), json, ttl).ignore();
+        for &(v, occupies) in views {
             let active =
                 v.booking_id.is_some() && matches!(v.status.as_str(), "held" | "confirmed");
-            if active || v.reason.as_deref() == Some("slot_taken") {
+            if active && v.kind == "reschedule" {
+                // The booking changes later (paid, cancelled, moved again) under its first
+                // request, whose cache entry those changes drop; this request's view is read
+                // from PostgreSQL, which always shows the booking's current status.
+                pipe.del(self.keys.request(v.id)).ignore();
+            } else {
+                let json = serde_json::to_string(v).map_err(json_err)?;
+                // A held status is only cached until the hold expires; after that the poll
+                // asks PostgreSQL, which knows whether it was paid or expired.
+                let ttl = match (v.status.as_str(), v.hold_expires_at) {
+                    ("held", Some(at)) => (at - now).num_seconds().max(1) as u64,
+                    _ => REMEMBER.as_secs(),
+                };
+                pipe.set_ex(self.keys.request(v.id), json, ttl).ignore();
+            }
+            if (active && occupies) || v.reason.as_deref() == Some("slot_taken") {
                 self.mark(&mut pipe, v.practitioner_id, v.slot_start, true);
             }
             if !ids.is_empty() {
@@ -214,6 +226,22 @@ impl FastPath {
             if *freed {
                 self.mark(&mut pipe, *practitioner_id, *slot_start, false);
             }
+        }
+        pipe.atomic().query_async(&mut self.conn.clone()).await
+    }
+
+    /// Sets the availability bits of `(practitioner, slot start, taken)` as PostgreSQL has
+    /// them (a correction after reschedules, whose Redis updates may land out of order).
+    pub async fn correct_slots(
+        &self,
+        slots: &[(Uuid, DateTime<Utc>, bool)],
+    ) -> redis::RedisResult<()> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (practitioner, slot_start, taken) in slots {
+            self.mark(&mut pipe, *practitioner, *slot_start, *taken);
         }
         pipe.atomic().query_async(&mut self.conn.clone()).await
     }

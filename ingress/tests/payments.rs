@@ -322,3 +322,37 @@ async fn confirmation_racing_expiry_never_yields_both() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_rows_are_stamped_when_written_not_when_their_transaction_began() {
+    let app = spawn(Options::default()).await;
+    let (_, booking) = held_booking(&app, 750).await;
+    // A transaction that began before the payment (like a cancel waiting for the booking's
+    // row lock) writes its audit row after the payment's.
+    let mut early = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT now()")
+        .execute(&mut *early)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (s, body) = pay(&app, "evt_order", "payment.succeeded", booking).await;
+    assert_eq!((s, body["outcome"].as_str()), (200, Some("confirmed")));
+    sqlx::query(
+        "INSERT INTO audit_log (booking_id, actor, action, from_status, to_status, actor_role)
+         VALUES ($1, 'desk', 'cancel', 'confirmed', 'cancelled', 'clinic_admin')",
+    )
+    .bind(booking)
+    .execute(&mut *early)
+    .await
+    .unwrap();
+    early.commit().await.unwrap();
+    let (_, trail) = app.get(&format!("/v1/bookings/{booking}/audit")).await;
+    let actions: Vec<&str> = trail["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["hold", "confirm", "cancel"], "{trail}");
+    app.stop().await;
+}

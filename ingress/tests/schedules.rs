@@ -719,3 +719,72 @@ async fn hours_may_end_at_midnight_and_its_last_slot_can_be_booked() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_committed_on_the_old_hours_after_a_change_is_listed_as_a_conflict() {
+    let app = spawn(Options {
+        env: vec![("EXPIRY_INTERVAL_MS", "100".into())],
+        ..Options::default()
+    })
+    .await;
+    let fx = app.fixture().await;
+    let weekly: Vec<Value> = (1..=7)
+        .map(|d| json!({"weekday": d, "start": "00:00", "end": "12:00"}))
+        .collect();
+    let (s, b) = app
+        .put(
+            &format!("/v1/practitioners/{}/hours", fx.practitioner_id),
+            &json!({"weekly": weekly}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["new_conflicts"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{b}"
+    );
+    // What a worker that read the old hours (to 23:30) commits just after the change looked.
+    let late = slot(3, 14 * 60);
+    let booking = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO bookings (id, request_id, country_code, practitioner_id, patient_id,
+                               slot_start, slot_end, status, hold_expires_at)
+         VALUES ($1, $2, 'FR', $3, $4, $5, $5 + interval '30 minutes', 'held',
+                 now() + interval '5 minutes')",
+    )
+    .bind(booking)
+    .bind(Uuid::now_v7())
+    .bind(fx.practitioner_id)
+    .bind(fx.patient_id)
+    .bind(late)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // The scheduler's re-check finds it within a few ticks, once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, c) = app
+            .get(&format!(
+                "/v1/practitioners/{}/conflicts",
+                fx.practitioner_id
+            ))
+            .await;
+        let found = c["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|i| i["booking_id"] == json!(booking)));
+        if found {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not listed: {c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE type = 'booking.schedule_conflict' AND aggregate_id = $1",
+    )
+    .bind(booking)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(events, 1, "one event, however often the re-check runs");
+    app.stop().await;
+}

@@ -109,6 +109,17 @@ pub async fn run(
             tracing::error!(error = ?e, "expiry sweep failed; retrying next tick");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // Holds decided on hours that were being replaced (see `conflicts::recheck`).
+        match slotq_common::db::conflicts::recheck(&pool).await {
+            Ok(new) if !new.is_empty() => {
+                tracing::info!(
+                    bookings = new.len(),
+                    "schedule conflicts found after an hours change"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "schedule conflict re-check failed"),
+        }
         if let Err(e) = cleanup_done_jobs(&mut conn, &config, 5_000).await {
             tracing::warn!(error = %e, "finished-job cleanup failed");
         }

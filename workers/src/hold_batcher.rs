@@ -135,7 +135,7 @@ impl Committer {
         };
         match result {
             Ok(decided) => {
-                let views: Vec<_> = decided.iter().map(|d| d.view.clone()).collect();
+                let views: Vec<_> = decided.iter().map(|d| (&d.view, d.occupies)).collect();
                 let freed: Vec<_> = decided
                     .iter()
                     .filter_map(|d| {
@@ -150,6 +150,9 @@ impl Committer {
                     // PostgreSQL holds the decisions; polls fall back to it.
                     tracing::warn!(error = %e, "could not update the Redis fast path");
                 }
+                if !freed.is_empty() {
+                    self.correct_moved_slots(&decided).await;
+                }
                 self.observe(&decided);
                 for p in batch {
                     let _ = p.done.send(Ok(()));
@@ -162,6 +165,39 @@ impl Committer {
                     let _ = p.done.send(Err(e.to_string()));
                 }
             }
+        }
+    }
+
+    /// Reschedules of one booking in batches committed one after the other (the booking's row
+    /// lock orders them) update Redis from two committers, in either order: the later batch
+    /// may free a slot before the earlier one marks it taken, which would leave a free slot
+    /// refused by the pre-check until the bitmap expires. So after a batch that moved
+    /// bookings, every slot it freed or took is set as PostgreSQL has it now.
+    async fn correct_moved_slots(&self, decided: &[Decided]) {
+        let mut pairs: Vec<(uuid::Uuid, chrono::DateTime<Utc>)> = decided
+            .iter()
+            .filter(|d| d.view.kind == "reschedule" && d.view.booking_id.is_some())
+            .flat_map(|d| {
+                let from = d.freed.map(|(_, slot)| (d.view.practitioner_id, slot));
+                from.into_iter()
+                    .chain(std::iter::once((d.view.practitioner_id, d.view.slot_start)))
+            })
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        let active = match slotq_common::db::bookings::active_among(&self.pool, &pairs).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-check rescheduled slots");
+                return;
+            }
+        };
+        let slots: Vec<_> = pairs
+            .iter()
+            .map(|&(p, s)| (p, s, active.contains(&(p, s))))
+            .collect();
+        if let Err(e) = self.fast.correct_slots(&slots).await {
+            tracing::warn!(error = %e, "could not correct rescheduled slots in Redis");
         }
     }
 

@@ -3,6 +3,8 @@
 //! transaction, so concurrent changes (payment racing expiry, cancel racing payment) serialize
 //! on the row and exactly one of them wins.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{FromRow, PgConnection, PgPool};
@@ -120,9 +122,9 @@ pub(crate) async fn transition(
         .status
         .apply_at(event, booking.slot_start, chrono::Utc::now())?;
     let updated: Booking = sqlx::query_as(
-        "UPDATE bookings SET status = $3, updated_at = now(),
-                confirmed_at = CASE WHEN $3 = 'confirmed' THEN now() ELSE confirmed_at END,
-                cancelled_at = CASE WHEN $3 = 'cancelled' THEN now() ELSE cancelled_at END,
+        "UPDATE bookings SET status = $3, updated_at = clock_timestamp(),
+                confirmed_at = CASE WHEN $3 = 'confirmed' THEN clock_timestamp() ELSE confirmed_at END,
+                cancelled_at = CASE WHEN $3 = 'cancelled' THEN clock_timestamp() ELSE cancelled_at END,
                 cancel_reason = COALESCE($4, cancel_reason),
                 payment_ref = COALESCE($5, payment_ref)
          WHERE country_code = $1 AND id = $2 RETURNING *",
@@ -286,6 +288,29 @@ pub async fn active_slot_starts(
     .bind(to)
     .fetch_all(pool)
     .await
+}
+
+/// Which of the `(practitioner, slot start)` pairs have an active (held or confirmed) booking
+/// now.
+pub async fn active_among(
+    pool: &PgPool,
+    pairs: &[(Uuid, DateTime<Utc>)],
+) -> Result<HashSet<(Uuid, DateTime<Utc>)>, sqlx::Error> {
+    let (practitioners, starts): (Vec<Uuid>, Vec<DateTime<Utc>>) = pairs.iter().copied().unzip();
+    let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT b.practitioner_id, b.slot_start
+         FROM unnest($1::uuid[], $2::timestamptz[]) AS u(p, s)
+         JOIN LATERAL (
+             SELECT practitioner_id, slot_start FROM bookings
+             WHERE practitioner_id = u.p AND slot_start = u.s AND status IN ('held', 'confirmed')
+             LIMIT 1
+         ) b ON true",
+    )
+    .bind(&practitioners)
+    .bind(&starts)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// A hold the scheduler expired.

@@ -80,6 +80,42 @@ pub async fn detect(
     Ok(new)
 }
 
+/// How long after an hours change the scheduler looks for conflicts again: a worker's batch
+/// reads the hours before its transaction, so a hold decided on the old hours may commit just
+/// after the change looked (batches take milliseconds; retries at most a few seconds).
+pub const RECHECK_WINDOW_SECS: i64 = 120;
+
+/// Runs [`detect`] again for every practitioner whose hours changed in the last
+/// [`RECHECK_WINDOW_SECS`]: holds committed on the old hours after the change are recorded
+/// as conflicts (with their event) too. Idempotent; returns the newly conflicting bookings.
+pub async fn recheck(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM practitioners
+         WHERE hours_changed_at > now() - make_interval(secs => $1)",
+    )
+    .bind(RECHECK_WINDOW_SECS as f64)
+    .fetch_all(pool)
+    .await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let schedules = super::directory::load_schedules(pool, &ids).await?;
+    let mut new = Vec::new();
+    for (id, p) in &schedules {
+        let mut tx = pool.begin().await?;
+        // The same lock as a replacement of the hours: never judge against hours being replaced.
+        sqlx::query("SELECT 1 FROM practitioners WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let current = super::directory::load_schedules(&mut *tx, &[*id]).await?;
+        let schedule = current.get(id).map_or(&p.schedule, |c| &c.schedule);
+        new.extend(detect(&mut tx, *id, schedule).await?);
+        tx.commit().await?;
+    }
+    Ok(new)
+}
+
 /// Open conflicts of a practitioner whose booking is still active, earliest first.
 pub async fn open(pool: &PgPool, practitioner_id: Uuid) -> Result<Vec<Conflict>, sqlx::Error> {
     sqlx::query_as(

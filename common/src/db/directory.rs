@@ -190,7 +190,8 @@ pub async fn replace_hours(
     let (weekly, exceptions) = (&schedule.weekly, &schedule.exceptions);
     let mut tx = pool.begin().await?;
     // Lock the practitioner so concurrent replacements serialize instead of interleaving.
-    sqlx::query("SELECT 1 FROM practitioners WHERE id = $1 FOR UPDATE")
+    // (The update is that lock; it also records when, for the scheduler's re-check.)
+    sqlx::query("UPDATE practitioners SET hours_changed_at = now() WHERE id = $1")
         .bind(practitioner_id)
         .execute(&mut *tx)
         .await?;
@@ -278,7 +279,7 @@ struct ScheduleRow {
 
 /// Reads the schedules of several practitioners at once (unknown ids are absent).
 pub async fn load_schedules(
-    pool: &PgPool,
+    pool: impl sqlx::PgExecutor<'_>,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, PractitionerSchedule>, sqlx::Error> {
     // One statement, one row per practitioner: its weekly hours and exceptions come as arrays

@@ -1,0 +1,147 @@
+//! Reschedules of one booking decided together (found by a black-box review): the Redis
+//! availability bits, the events and audit rows, and the polls of the reschedule requests must
+//! all follow where the booking really is.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
+#[allow(unused_macros, reason = "the helpers serve several test files")]
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use slotq_testkit::{Options, id_of, slot, spawn};
+use support::start_workers;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reschedules_decided_together_leave_only_the_final_slot_taken() {
+    // A long linger, so the four reschedules are decided in one batch.
+    let app = spawn(Options {
+        workers: false,
+        env: vec![("BATCH_LINGER_MS", "300".into())],
+        ..Options::default()
+    })
+    .await;
+    let fx = app.fixture().await;
+    let (first, a, b) = (slot(3, 600), slot(3, 630), slot(3, 660));
+    let workers = start_workers(&app).await;
+    let (_, booking) = app.hold(fx.patient_id, fx.practitioner_id, first).await;
+    workers.stop().await;
+    // Someone looked at the day: its bitmap is complete, so later reads trust its bits.
+    let day = format!(
+        "/v1/practitioners/{}/availability?from={}&days=1",
+        fx.practitioner_id,
+        first.date_naive()
+    );
+    assert_eq!(app.get(&day).await.0, 200);
+
+    // Queued while no worker runs, decided together: to A, to B, and to B twice more.
+    let mut requests = Vec::new();
+    for to in [a, b, b, b] {
+        let (s, r) = app
+            .post(
+                &format!("/v1/bookings/{booking}/reschedule"),
+                &json!({"slot_start": to.to_rfc3339()}),
+            )
+            .await;
+        assert_eq!(s, 202, "{r}");
+        requests.push(id_of(&r));
+    }
+    let workers = start_workers(&app).await;
+    for r in &requests {
+        let d = app.decision(*r, Duration::from_secs(20)).await;
+        assert_eq!(d["status"], "held", "{d}");
+    }
+    let (_, bk) = app.get(&format!("/v1/bookings/{booking}")).await;
+    assert_eq!(bk["slot_start"], json!(b), "{bk}");
+
+    // Only B is taken: the first slot and A are free, through the API and the pre-check.
+    let (_, av) = app.get(&day).await;
+    let free: Vec<&str> = av["days"][0]["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["start"].as_str().unwrap())
+        .collect();
+    let rfc =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert!(
+        free.contains(&rfc(first).as_str()) && free.contains(&rfc(a).as_str()),
+        "{free:?}"
+    );
+    assert!(!free.contains(&rfc(b).as_str()), "{free:?}");
+    let other = app.patient().await;
+    let (_, held_a) = app.hold(other, fx.practitioner_id, a).await;
+    let (s, taken) = app.submit(app.patient().await, fx.practitioner_id, b).await;
+    assert_eq!(
+        (s, taken["code"].as_str()),
+        (409, Some("slot_taken")),
+        "{taken}"
+    );
+
+    // One hold, two moves: the reschedules already at B wrote no event and no audit row.
+    let count = |sql: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(booking)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM outbox WHERE aggregate_id = $1 AND type = 'booking.held'")
+            .await,
+        1
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM outbox WHERE aggregate_id = $1 AND type = 'booking.rescheduled'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM audit_log WHERE booking_id = $1 AND action = 'hold'").await,
+        1
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM audit_log WHERE booking_id = $1 AND action = 'reschedule'")
+            .await,
+        2
+    );
+
+    // Every reschedule request's poll follows the booking: paid, then cancelled.
+    let ev = json!({"id": format!("evt_{booking}"), "type": "payment.succeeded",
+                    "booking_id": booking, "amount": 1, "currency": "EUR"});
+    let (s, paid) = app
+        .pay(&ev, &app.secret, chrono::Utc::now().timestamp())
+        .await;
+    assert_eq!(
+        (s, paid["outcome"].as_str()),
+        (200, Some("confirmed")),
+        "{paid}"
+    );
+    let polls = |want: &'static str| {
+        let requests = requests.clone();
+        let app = &app;
+        async move {
+            for r in requests {
+                let (_, v): (u16, Value) = app.get(&format!("/v1/booking-requests/{r}")).await;
+                assert_eq!(v["status"], want, "{v}");
+            }
+        }
+    };
+    polls("confirmed").await;
+    let (s, c) = app
+        .post(&format!("/v1/bookings/{booking}/cancel"), &json!({}))
+        .await;
+    assert_eq!(s, 200, "{c}");
+    polls("cancelled").await;
+    assert_ne!(held_a, booking);
+    workers.stop().await;
+    app.stop().await;
+}
