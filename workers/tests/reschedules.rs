@@ -145,3 +145,41 @@ async fn reschedules_decided_together_leave_only_the_final_slot_taken() {
     workers.stop().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_past_its_expiry_cannot_be_moved_even_before_the_sweep() {
+    // No scheduler: the hold stays `held` in PostgreSQL after its expiry time.
+    let app = spawn(Options {
+        scheduler: false,
+        ..Options::default()
+    })
+    .await;
+    let fx = app.fixture().await;
+    let (_, booking) = app
+        .hold(fx.patient_id, fx.practitioner_id, slot(3, 600))
+        .await;
+    sqlx::query("UPDATE bookings SET hold_expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(booking)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let (s, r) = app
+        .post(
+            &format!("/v1/bookings/{booking}/reschedule"),
+            &json!({"slot_start": slot(3, 660).to_rfc3339()}),
+        )
+        .await;
+    if s == 202 {
+        let d = app.decision(id_of(&r), Duration::from_secs(20)).await;
+        assert_eq!(
+            (d["status"].as_str(), d["reason"].as_str()),
+            (Some("rejected"), Some("booking_not_active")),
+            "{d}"
+        );
+    } else {
+        assert_eq!(s, 409, "refused at once is fine too: {r}");
+    }
+    let (_, b) = app.get(&format!("/v1/bookings/{booking}")).await;
+    assert_eq!(b["slot_start"], json!(slot(3, 600)), "not moved: {b}");
+    app.stop().await;
+}

@@ -605,6 +605,13 @@ async fn move_booking(
     {
         return Ok(Outcome::rejected("booking_not_active"));
     }
+    // A hold past its expiry that the scheduler has not swept yet is over: a payment for it is
+    // answered late (payments.rs), and it cannot be moved either.
+    if booking.status == BookingStatus::Held
+        && booking.hold_expires_at.is_some_and(|at| at <= Utc::now())
+    {
+        return Ok(Outcome::rejected("booking_not_active"));
+    }
     if booking.slot_start == input.slot_start {
         return Ok(Outcome {
             booking_id: Some(booking.id),
