@@ -81,36 +81,47 @@ pub async fn detect(
 }
 
 /// How long after an hours change the scheduler looks for conflicts again: a worker's batch
-/// reads the hours before its transaction, so a hold decided on the old hours may commit just
-/// after the change looked (batches take milliseconds; retries at most a few seconds).
-pub const RECHECK_WINDOW_SECS: i64 = 120;
+/// reads the hours just before its transaction, so a hold decided on the old hours may commit
+/// just after the change looked. One attempt of a batch takes milliseconds (a retry reads the
+/// hours again), so looking once, this long after the change, finds every such hold.
+pub const RECHECK_AFTER_SECS: f64 = 5.0;
 
-/// Runs [`detect`] again for every practitioner whose hours changed in the last
-/// [`RECHECK_WINDOW_SECS`]: holds committed on the old hours after the change are recorded
-/// as conflicts (with their event) too. Idempotent; returns the newly conflicting bookings.
+/// Runs [`detect`] once more for every practitioner whose hours changed at least
+/// [`RECHECK_AFTER_SECS`] ago and have not been re-checked since: holds committed on the old
+/// hours after the change are recorded as conflicts (with their event) too. Idempotent;
+/// returns the newly conflicting bookings.
 pub async fn recheck(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
     let ids: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM practitioners
-         WHERE hours_changed_at > now() - make_interval(secs => $1)",
+         WHERE hours_changed_at IS NOT NULL
+           AND hours_changed_at <= now() - make_interval(secs => $1)
+           AND (hours_rechecked_at IS NULL OR hours_rechecked_at < hours_changed_at)
+         LIMIT 100",
     )
-    .bind(RECHECK_WINDOW_SECS as f64)
+    .bind(RECHECK_AFTER_SECS)
     .fetch_all(pool)
     .await?;
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let schedules = super::directory::load_schedules(pool, &ids).await?;
     let mut new = Vec::new();
-    for (id, p) in &schedules {
+    for id in ids {
         let mut tx = pool.begin().await?;
-        // The same lock as a replacement of the hours: never judge against hours being replaced.
-        sqlx::query("SELECT 1 FROM practitioners WHERE id = $1 FOR UPDATE")
+        // The lock a replacement of the hours takes (`NO KEY UPDATE`): never judge against hours
+        // being replaced, and never block anything else.
+        let changed: Option<Option<chrono::DateTime<Utc>>> = sqlx::query_scalar(
+            "SELECT hours_changed_at FROM practitioners WHERE id = $1 FOR NO KEY UPDATE",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let schedules = super::directory::load_schedules(&mut *tx, &[id]).await?;
+        if let Some(p) = schedules.get(&id) {
+            new.extend(detect(&mut tx, id, &p.schedule).await?);
+        }
+        // Marks the change seen (as of when it was read: a newer one is looked at again).
+        sqlx::query("UPDATE practitioners SET hours_rechecked_at = $2 WHERE id = $1")
             .bind(id)
+            .bind(changed.flatten())
             .execute(&mut *tx)
             .await?;
-        let current = super::directory::load_schedules(&mut *tx, &[*id]).await?;
-        let schedule = current.get(id).map_or(&p.schedule, |c| &c.schedule);
-        new.extend(detect(&mut tx, *id, schedule).await?);
         tx.commit().await?;
     }
     Ok(new)
