@@ -168,20 +168,15 @@ impl FastPath {
     }
 
     /// After a batch commit: caches each decision, marks held (and found-taken) slots taken,
-    /// and announces the decided ids. One round trip. `occupies` says whether a held view's
-    /// slot is still its booking's after the batch (a reschedule moved on by a later one of
-    /// the batch is not).
-    pub async fn publish_decisions(
-        &self,
-        views: &[(&RequestView, bool)],
-    ) -> redis::RedisResult<()> {
+    /// and announces the decided ids. One round trip.
+    pub async fn publish_decisions(&self, views: &[RequestView]) -> redis::RedisResult<()> {
         if views.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
         let now = Utc::now();
         let mut ids = String::with_capacity(views.len() * 37);
-        for &(v, occupies) in views {
+        for v in views {
             let active =
                 v.booking_id.is_some() && matches!(v.status.as_str(), "held" | "confirmed");
             if active && v.kind == "reschedule" {
@@ -199,7 +194,7 @@ impl FastPath {
                 };
                 pipe.set_ex(self.keys.request(v.id), json, ttl).ignore();
             }
-            if (active && occupies) || v.reason.as_deref() == Some("slot_taken") {
+            if active || v.reason.as_deref() == Some("slot_taken") {
                 self.mark(&mut pipe, v.practitioner_id, v.slot_start, true);
             }
             if !ids.is_empty() {

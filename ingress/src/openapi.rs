@@ -59,42 +59,23 @@ pub struct SubscriptionCreated {
     pub secret: String,
 }
 
-/// A booking event type a webhook subscription can name (`webhooks::EVENT_TYPES`, in its
-/// order; the OpenAPI test compares the two).
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code, reason = "only its schema is used")]
-pub enum EventType {
-    /// A hold was taken.
-    #[serde(rename = "booking.held")]
-    Held,
-    /// A request was rejected.
-    #[serde(rename = "booking.rejected")]
-    Rejected,
-    /// Paid.
-    #[serde(rename = "booking.confirmed")]
-    Confirmed,
-    /// An unpaid hold ran out.
-    #[serde(rename = "booking.expired")]
-    Expired,
-    /// Cancelled (or a failed payment).
-    #[serde(rename = "booking.cancelled")]
-    Cancelled,
-    /// Money arrived for a hold that had ended: refund it.
-    #[serde(rename = "booking.payment_late")]
-    PaymentLate,
-    /// Moved to another slot.
-    #[serde(rename = "booking.rescheduled")]
-    Rescheduled,
-    /// New hours leave a booking outside them.
-    #[serde(rename = "booking.schedule_conflict")]
-    ScheduleConflict,
-    /// The visit took place.
-    #[serde(rename = "booking.completed")]
-    Completed,
-    /// The patient did not come.
-    #[serde(rename = "booking.no_show")]
-    NoShow,
+/// A booking event type a webhook subscription can name: its schema is a string enum of the
+/// server's own list (`webhooks::EVENT_TYPES`).
+pub struct EventType;
+
+impl utoipa::PartialSchema for EventType {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "A booking event type a webhook subscription can name.",
+            ))
+            .enum_values(Some(slotq_common::webhooks::EVENT_TYPES.iter().copied()))
+            .into()
+    }
 }
+
+impl ToSchema for EventType {}
 
 /// A page of webhook subscriptions.
 #[derive(Serialize, ToSchema)]

@@ -135,7 +135,7 @@ impl Committer {
         };
         match result {
             Ok(decided) => {
-                let views: Vec<_> = decided.iter().map(|d| (&d.view, d.occupies)).collect();
+                let views: Vec<_> = decided.iter().map(|d| d.view.clone()).collect();
                 let freed: Vec<_> = decided
                     .iter()
                     .filter_map(|d| {
@@ -168,11 +168,12 @@ impl Committer {
         }
     }
 
-    /// Reschedules of one booking in batches committed one after the other (the booking's row
-    /// lock orders them) update Redis from two committers, in either order: the later batch
-    /// may free a slot before the earlier one marks it taken, which would leave a free slot
-    /// refused by the pre-check until the bitmap expires. So after a batch that moved
-    /// bookings, every slot it freed or took is set as PostgreSQL has it now.
+    /// The decisions' own Redis updates cannot tell where a moved booking ended up: within a
+    /// batch, an earlier reschedule of a booking marks the slot that a later one of the same
+    /// batch moved it away from; across batches (ordered by the booking's row lock), two
+    /// committers' updates land in either order. Either way a free slot would be refused by
+    /// the pre-check until the bitmap expires. So after a batch that moved bookings, every
+    /// slot a move freed or named is set as PostgreSQL has it now.
     async fn correct_moved_slots(&self, decided: &[Decided]) {
         let mut pairs: Vec<(uuid::Uuid, chrono::DateTime<Utc>)> = decided
             .iter()

@@ -104,24 +104,16 @@ pub async fn recheck(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
     let mut new = Vec::new();
     for id in ids {
         let mut tx = pool.begin().await?;
-        // The lock a replacement of the hours takes (`NO KEY UPDATE`): never judge against hours
-        // being replaced, and never block anything else.
-        let changed: Option<Option<chrono::DateTime<Utc>>> = sqlx::query_scalar(
-            "SELECT hours_changed_at FROM practitioners WHERE id = $1 FOR NO KEY UPDATE",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        // Marks the change seen, under the lock a replacement of the hours takes (`NO KEY
+        // UPDATE`): never judged against hours being replaced, and nothing else is blocked.
+        sqlx::query("UPDATE practitioners SET hours_rechecked_at = hours_changed_at WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         let schedules = super::directory::load_schedules(&mut *tx, &[id]).await?;
         if let Some(p) = schedules.get(&id) {
             new.extend(detect(&mut tx, id, &p.schedule).await?);
         }
-        // Marks the change seen (as of when it was read: a newer one is looked at again).
-        sqlx::query("UPDATE practitioners SET hours_rechecked_at = $2 WHERE id = $1")
-            .bind(id)
-            .bind(changed.flatten())
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
     }
     Ok(new)

@@ -99,10 +99,6 @@ pub struct Decided {
     pub fresh: bool,
     /// For a successful reschedule: the booking's original request and the slot it left.
     pub freed: Option<(Uuid, DateTime<Utc>)>,
-    /// Whether the view's slot is taken by its booking once the batch committed: `false` for a
-    /// reschedule whose booking a later request of the same batch moved on (its request is
-    /// still `held`, but the slot it named is free again).
-    pub occupies: bool,
 }
 
 /// Outcome of one attempt at a batch.
@@ -135,10 +131,6 @@ struct Outcome {
     /// Events and audit for a successful reschedule (written only if the decision is recorded).
     moved: Option<Booking>,
     previous_slot: Option<DateTime<Utc>>,
-    /// A reschedule to the slot its booking already has (another request of the batch, or of
-    /// a batch before, moved it there): decided with the booking's status, nothing changed, so
-    /// no event and no audit row.
-    unchanged: bool,
 }
 
 impl Outcome {
@@ -150,7 +142,6 @@ impl Outcome {
             reason: Some(reason),
             moved: None,
             previous_slot: None,
-            unchanged: false,
         }
     }
 }
@@ -182,7 +173,6 @@ pub async fn commit_batch(
         .await?
         .into_iter()
         .map(|view| Decided {
-            occupies: view.booking_id.is_some(),
             view,
             fresh: false,
             freed: None,
@@ -258,7 +248,9 @@ pub async fn commit_batch(
     let mut audit = Vec::new();
     // `views` follows `pending`, one view per pending input.
     for ((view, o), input) in views.iter().zip(&pending) {
-        if o.unchanged {
+        // A reschedule to the slot its booking already has (another request moved it there):
+        // decided with the booking's status, nothing changed, so no event and no audit row.
+        if input.reschedule.is_some() && o.booking_id.is_some() && o.moved.is_none() {
             continue;
         }
         // The event, and the audit row (booking, action, from, to) of a booking that changed.
@@ -347,26 +339,15 @@ pub async fn commit_batch(
     tx.commit().await?;
 
     decided.extend(raced.into_iter().map(|view| Decided {
-        occupies: view.booking_id.is_some(),
         view,
         fresh: false,
         freed: None,
     }));
-    // Where each booking moved by this batch ended up (requests are decided in order).
-    let final_slot: HashMap<Uuid, DateTime<Utc>> = views
-        .iter()
-        .filter_map(|(_, o)| o.moved.as_ref().map(|b| (b.id, b.slot_start)))
-        .collect();
     decided.extend(
         views
             .into_iter()
             .filter(|(v, _)| v.decided_at.is_some())
             .map(|(view, o)| Decided {
-                occupies: view.booking_id.is_some_and(|b| {
-                    final_slot
-                        .get(&b)
-                        .is_none_or(|slot| *slot == view.slot_start)
-                }),
                 view,
                 fresh: true,
                 freed: o
@@ -430,7 +411,6 @@ async fn insert_holds(
                     reason: None,
                     moved: None,
                     previous_slot: None,
-                    unchanged: false,
                 },
             );
         }
@@ -622,7 +602,6 @@ async fn move_booking(
             reason: None,
             moved: None,
             previous_slot: None,
-            unchanged: true,
         });
     }
     sqlx::query("SAVEPOINT reschedule")
@@ -666,7 +645,6 @@ async fn move_booking(
                 reason: None,
                 previous_slot: Some(booking.slot_start),
                 moved: Some(b),
-                unchanged: false,
             })
         }
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {

@@ -90,13 +90,13 @@ fn parse_optional_body(headers: &HeaderMap, body: &[u8]) -> Result<ChangeBody, A
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(ChangeBody::default());
     }
-    if crate::extract::is_json(headers) && body.trim_ascii() == b"null" {
-        return Ok(ChangeBody::default());
-    }
     if !crate::extract::is_json(headers) {
         return Err(ApiError::UnsupportedMediaType(
             "expected Content-Type: application/json".into(),
         ));
+    }
+    if body.trim_ascii() == b"null" {
+        return Ok(ChangeBody::default());
     }
     crate::extract::parse_json(body)
 }
