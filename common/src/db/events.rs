@@ -122,6 +122,36 @@ impl EventColumns {
     }
 }
 
+/// Binds [`EventColumns`] to a query (a `Query` or a `QueryAs`) in the order of the outbox
+/// columns `event_id, type, aggregate_id, key, payload`, the one order every insert uses.
+macro_rules! bind_event_columns {
+    ($query:expr, $c:expr) => {
+        $query
+            .bind(&$c.ids)
+            .bind(&$c.kinds)
+            .bind(&$c.aggregates)
+            .bind(&$c.keys)
+            .bind(&$c.payloads)
+    };
+}
+pub(crate) use bind_event_columns;
+
+/// Binds [`AuditColumns`] in the order of the audit columns `booking_id, actor, action,
+/// from_status, to_status, request_id, actor_role`, the one order every insert uses.
+macro_rules! bind_audit_columns {
+    ($query:expr, $c:expr) => {
+        $query
+            .bind(&$c.bookings)
+            .bind(&$c.actors)
+            .bind(&$c.actions)
+            .bind(&$c.froms)
+            .bind(&$c.tos)
+            .bind(&$c.requests)
+            .bind(&$c.roles)
+    };
+}
+pub(crate) use bind_audit_columns;
+
 /// Appends events to the outbox.
 pub async fn insert_events(
     conn: &mut PgConnection,
@@ -131,15 +161,13 @@ pub async fn insert_events(
         return Ok(());
     }
     let c = EventColumns::of(events.iter())?;
-    sqlx::query(
-        "INSERT INTO outbox (event_id, type, aggregate_id, key, payload)
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::jsonb[])",
+    bind_event_columns!(
+        sqlx::query(
+            "INSERT INTO outbox (event_id, type, aggregate_id, key, payload)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::jsonb[])",
+        ),
+        c
     )
-    .bind(&c.ids)
-    .bind(&c.kinds)
-    .bind(&c.aggregates)
-    .bind(&c.keys)
-    .bind(&c.payloads)
     .execute(conn)
     .await?;
     Ok(())
@@ -209,17 +237,13 @@ pub async fn insert_audit(
         return Ok(());
     }
     let c = AuditColumns::of(entries.iter());
-    sqlx::query(
-        "INSERT INTO audit_log (booking_id, actor, action, from_status, to_status, request_id, actor_role)
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])",
+    bind_audit_columns!(
+        sqlx::query(
+            "INSERT INTO audit_log (booking_id, actor, action, from_status, to_status, request_id, actor_role)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])",
+        ),
+        c
     )
-    .bind(&c.bookings)
-    .bind(&c.actors)
-    .bind(&c.actions)
-    .bind(&c.froms)
-    .bind(&c.tos)
-    .bind(&c.requests)
-    .bind(&c.roles)
     .execute(conn)
     .await?;
     Ok(())

@@ -48,7 +48,10 @@ use uuid::Uuid;
 
 use super::{
     bookings::{Booking, lock_booking},
-    events::{AuditColumns, AuditEntry, BookingEventData, EventColumns, NewEvent, types},
+    events::{
+        AuditColumns, AuditEntry, BookingEventData, EventColumns, NewEvent, bind_audit_columns,
+        bind_event_columns, types,
+    },
     requests::{RequestView, decided_views, decided_views_locking},
 };
 use crate::domain::status::{BookingEvent, BookingStatus};
@@ -702,7 +705,7 @@ async fn record_decisions(
     let au_requests: Vec<Uuid> = audit.iter().map(|(r, _)| *r).collect();
     // Outbox rows are inserted in the order given (their serial ids keep it), so the relay
     // publishes a batch's events in the order the requests were decided.
-    let recorded: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+    let query = sqlx::query_as(
         "WITH rec AS (
              INSERT INTO booking_requests (id, idempotency_key, patient_id, practitioner_id,
                                            slot_start, submitted_at, outcome, reason, booking_id,
@@ -744,23 +747,12 @@ async fn record_decisions(
     .bind(&reasons)
     .bind(&bks)
     .bind(&kinds)
-    .bind(&targets)
-    .bind(&ev.ids)
-    .bind(&ev.kinds)
-    .bind(&ev.aggregates)
-    .bind(&ev.keys)
-    .bind(&ev.payloads)
-    .bind(&ev_requests)
-    .bind(&au.bookings)
-    .bind(&au.actors)
-    .bind(&au.actions)
-    .bind(&au.froms)
-    .bind(&au.tos)
-    .bind(&au.requests)
-    .bind(&au.roles)
-    .bind(&au_requests)
-    .fetch_all(&mut *tx)
-    .await?;
+    .bind(&targets);
+    let query = bind_event_columns!(query, ev).bind(&ev_requests);
+    let recorded: Vec<(Uuid, DateTime<Utc>)> = bind_audit_columns!(query, au)
+        .bind(&au_requests)
+        .fetch_all(&mut *tx)
+        .await?;
     Ok(recorded.into_iter().collect())
 }
 
