@@ -245,9 +245,12 @@ async fn a_slow_failing_endpoint_with_more_attempts_than_connections_starves_not
             "a session stayed idle in transaction for {secs:.1} s after: {query}"
         );
     }
-    assert!(
-        idlest_in_transaction(&app.pool).await.is_none(),
-        "nothing idle in transaction after the drain"
+    // The in-process scheduler's own transactions are idle in transaction between their
+    // statements for a moment; what must not be there is a session that stays so.
+    eventually!(
+        Duration::from_secs(5),
+        "nothing idle in transaction after the drain",
+        idlest_in_transaction(&app.pool).await.is_none()
     );
     app.stop().await;
 }
