@@ -225,18 +225,21 @@ impl FastPath {
         pipe.atomic().query_async(&mut self.conn.clone()).await
     }
 
-    /// Sets the availability bits of `(practitioner, slot start, taken)` as PostgreSQL has
-    /// them (a correction after reschedules, whose Redis updates may land out of order).
-    pub async fn correct_slots(
-        &self,
-        slots: &[(Uuid, DateTime<Utc>, bool)],
-    ) -> redis::RedisResult<()> {
-        if slots.is_empty() {
+    /// Drops the availability bitmaps of `(practitioner, UTC day)` pairs and bumps their
+    /// change counters, so the next read rebuilds them from PostgreSQL and a rebuild already
+    /// under way does not store what it read before (used after reschedules, whose own updates
+    /// may land out of order). Until then the pre-check admits, and PostgreSQL decides.
+    pub async fn invalidate_days(&self, days: &[(Uuid, NaiveDate)]) -> redis::RedisResult<()> {
+        if days.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        for (practitioner, slot_start, taken) in slots {
-            self.mark(&mut pipe, *practitioner, *slot_start, *taken);
+        for (practitioner, day) in days {
+            let version = self.keys.availability_version(*practitioner, *day);
+            pipe.del(self.keys.availability_day(*practitioner, *day))
+                .ignore();
+            pipe.incr(&version, 1).ignore();
+            pipe.expire_at(&version, bitmap_expiry(*day)).ignore();
         }
         pipe.atomic().query_async(&mut self.conn.clone()).await
     }

@@ -151,7 +151,7 @@ impl Committer {
                     tracing::warn!(error = %e, "could not update the Redis fast path");
                 }
                 if !freed.is_empty() {
-                    self.correct_moved_slots(&decided).await;
+                    self.invalidate_moved_days(&decided).await;
                 }
                 self.observe(&decided);
                 for p in batch {
@@ -172,33 +172,26 @@ impl Committer {
     /// batch, an earlier reschedule of a booking marks the slot that a later one of the same
     /// batch moved it away from; across batches (ordered by the booking's row lock), two
     /// committers' updates land in either order. Either way a free slot would be refused by
-    /// the pre-check until the bitmap expires. So after a batch that moved bookings, every
-    /// slot a move freed or named is set as PostgreSQL has it now.
-    async fn correct_moved_slots(&self, decided: &[Decided]) {
-        let mut pairs: Vec<(uuid::Uuid, chrono::DateTime<Utc>)> = decided
+    /// the pre-check until the bitmap expires. So after a batch that moved bookings, the
+    /// bitmaps of every day a move left or reached are dropped (and their change counters
+    /// bumped): the next read rebuilds them from PostgreSQL, with a compare-and-set that no
+    /// later change can lose. Nothing derived from an earlier read of PostgreSQL is written,
+    /// so two such batches cannot leave a stale bit whatever the order of their updates.
+    async fn invalidate_moved_days(&self, decided: &[Decided]) {
+        let mut days: Vec<(uuid::Uuid, chrono::NaiveDate)> = decided
             .iter()
             .filter(|d| d.view.kind == "reschedule" && d.view.booking_id.is_some())
             .flat_map(|d| {
-                let from = d.freed.map(|(_, slot)| (d.view.practitioner_id, slot));
+                let p = d.view.practitioner_id;
+                let from = d.freed.map(|(_, slot)| (p, slot.date_naive()));
                 from.into_iter()
-                    .chain(std::iter::once((d.view.practitioner_id, d.view.slot_start)))
+                    .chain(std::iter::once((p, d.view.slot_start.date_naive())))
             })
             .collect();
-        pairs.sort_unstable();
-        pairs.dedup();
-        let active = match slotq_common::db::bookings::active_among(&self.pool, &pairs).await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not re-check rescheduled slots");
-                return;
-            }
-        };
-        let slots: Vec<_> = pairs
-            .iter()
-            .map(|&(p, s)| (p, s, active.contains(&(p, s))))
-            .collect();
-        if let Err(e) = self.fast.correct_slots(&slots).await {
-            tracing::warn!(error = %e, "could not correct rescheduled slots in Redis");
+        days.sort_unstable();
+        days.dedup();
+        if let Err(e) = self.fast.invalidate_days(&days).await {
+            tracing::warn!(error = %e, "could not drop the availability of rescheduled days");
         }
     }
 

@@ -183,3 +183,90 @@ async fn a_hold_past_its_expiry_cannot_be_moved_even_before_the_sweep() {
     assert_eq!(b["slot_start"], json!(slot(3, 600)), "not moved: {b}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_drops_the_bitmaps_of_both_days_and_a_rebuild_read_before_it_is_not_stored() {
+    use slotq_common::{
+        fast_path::FastPath,
+        redis_keys::{BUILT_BIT, availability_bit, bit_is_set, set_bit},
+    };
+    let app = spawn(Options::default()).await;
+    let fx = app.fixture().await;
+    let p = fx.practitioner_id;
+    let (from, to) = (slot(3, 600), slot(4, 630));
+    let (d1, d2) = (from.date_naive(), to.date_naive());
+    let (_, booking) = app.hold(fx.patient_id, p, from).await;
+    // Both days were looked at: their bitmaps are complete.
+    for d in [d1, d2] {
+        let url = format!("/v1/practitioners/{p}/availability?from={d}&days=1");
+        assert_eq!(app.get(&url).await.0, 200);
+    }
+    let fast = FastPath::new(app.redis.clone(), &app.config.redis_namespace);
+    let before = fast.bitmaps(&[(p, d1), (p, d2)]).await.unwrap();
+    assert!(before.iter().all(|(b, _)| bit_is_set(b, BUILT_BIT)));
+    assert!(bit_is_set(&before[0].0, availability_bit(from)));
+
+    let (s, r) = app
+        .post(
+            &format!("/v1/bookings/{booking}/reschedule"),
+            &json!({"slot_start": to.to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(s, 202, "{r}");
+    let d = app.decision(id_of(&r), Duration::from_secs(20)).await;
+    assert_eq!(d["status"], "held", "{d}");
+
+    // Both days' bitmaps are gone and their counters moved on ...
+    let after = fast.bitmaps(&[(p, d1), (p, d2)]).await.unwrap();
+    for ((b, v), (_, v0)) in after.iter().zip(&before) {
+        assert!(
+            !bit_is_set(b, BUILT_BIT),
+            "a complete bitmap survived the move"
+        );
+        assert_ne!(v, v0, "the change counter did not move");
+    }
+    // ... so a rebuild that read PostgreSQL before the move (the booking still at `from`)
+    // cannot store what it saw.
+    let mut stale = Vec::new();
+    set_bit(&mut stale, BUILT_BIT);
+    set_bit(&mut stale, availability_bit(from));
+    let stored = fast
+        .store_rebuilt(p, d1, before[0].1.as_deref(), &stale)
+        .await
+        .unwrap();
+    assert!(!stored, "a stale rebuild overwrote the move");
+
+    // The next reads rebuild from PostgreSQL: `from` is free again, `to` taken.
+    let starts = |av: Value| -> Vec<String> {
+        av["days"][0]["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["start"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let rfc =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (_, av1) = app
+        .get(&format!(
+            "/v1/practitioners/{p}/availability?from={d1}&days=1"
+        ))
+        .await;
+    let (_, av2) = app
+        .get(&format!(
+            "/v1/practitioners/{p}/availability?from={d2}&days=1"
+        ))
+        .await;
+    assert!(starts(av1).contains(&rfc(from)));
+    assert!(!starts(av2).contains(&rfc(to)));
+    let rebuilt = fast.bitmaps(&[(p, d1), (p, d2)]).await.unwrap();
+    assert!(rebuilt.iter().all(|(b, _)| bit_is_set(b, BUILT_BIT)));
+    assert!(!bit_is_set(&rebuilt[0].0, availability_bit(from)));
+    assert!(bit_is_set(&rebuilt[1].0, availability_bit(to)));
+    let other = app.patient().await;
+    let (s, v) = app.submit(other, p, to).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("slot_taken")), "{v}");
+    let (_, held) = app.hold(other, p, from).await;
+    assert_ne!(held, booking);
+    app.stop().await;
+}

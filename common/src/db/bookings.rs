@@ -3,8 +3,6 @@
 //! transaction, so concurrent changes (payment racing expiry, cancel racing payment) serialize
 //! on the row and exactly one of them wins.
 
-use std::collections::HashSet;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{FromRow, PgConnection, PgPool};
@@ -288,29 +286,6 @@ pub async fn active_slot_starts(
     .bind(to)
     .fetch_all(pool)
     .await
-}
-
-/// Which of the `(practitioner, slot start)` pairs have an active (held or confirmed) booking
-/// now.
-pub async fn active_among(
-    pool: &PgPool,
-    pairs: &[(Uuid, DateTime<Utc>)],
-) -> Result<HashSet<(Uuid, DateTime<Utc>)>, sqlx::Error> {
-    let (practitioners, starts): (Vec<Uuid>, Vec<DateTime<Utc>>) = pairs.iter().copied().unzip();
-    let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT b.practitioner_id, b.slot_start
-         FROM unnest($1::uuid[], $2::timestamptz[]) AS u(p, s)
-         JOIN LATERAL (
-             SELECT practitioner_id, slot_start FROM bookings
-             WHERE practitioner_id = u.p AND slot_start = u.s AND status IN ('held', 'confirmed')
-             LIMIT 1
-         ) b ON true",
-    )
-    .bind(&practitioners)
-    .bind(&starts)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().collect())
 }
 
 /// A hold the scheduler expired.
