@@ -1,9 +1,11 @@
 //! Prometheus metrics: one registry per process (no global state, so tests can run several
 //! components in one process). Names follow Prometheus conventions with the `slotq_` prefix.
+//! Each process registers only the metrics it updates ([`Metrics::for_component`]), so no
+//! process exports a series that stays at zero because another process owns it.
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder, core::Collector,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -65,8 +67,55 @@ pub struct Metrics {
     pub shutting_down: IntGauge,
 }
 
+/// A slotq process, for the metrics it exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    /// `slotq-ingress`: HTTP, submissions, payments, the queue depth and its shedding point.
+    Ingress,
+    /// `slotq-workers`: decisions and batches, the queue depth, the outbox relay and the
+    /// webhook dispatcher.
+    Workers,
+    /// `slotq-scheduler`: expiry and outbox retention.
+    Scheduler,
+}
+
 impl Metrics {
-    /// Creates and registers every metric.
+    /// The metrics `component` updates, plus the pool and drain gauges every process has.
+    pub fn for_component(component: Component) -> Self {
+        use Component::{Ingress, Scheduler, Workers};
+        let m = Self::new();
+        let keep = |owners: &[Component], collector: Box<dyn Collector>| {
+            if !owners.contains(&component) {
+                // Registered by `new` a moment ago, so unregistering cannot fail.
+                let _ = m.registry.unregister(collector);
+            }
+        };
+        keep(&[Ingress], Box::new(m.http_requests.clone()));
+        keep(&[Ingress], Box::new(m.http_duration.clone()));
+        keep(&[Ingress], Box::new(m.submissions.clone()));
+        keep(&[Ingress], Box::new(m.payment_webhooks.clone()));
+        keep(&[Ingress], Box::new(m.queue_max_depth.clone()));
+        keep(&[Ingress, Workers], Box::new(m.queue_depth.clone()));
+        keep(&[Ingress, Workers], Box::new(m.queue_oldest_age.clone()));
+        keep(&[Workers], Box::new(m.decisions.clone()));
+        keep(&[Workers], Box::new(m.decision_latency.clone()));
+        keep(&[Workers], Box::new(m.batch_size.clone()));
+        keep(&[Workers], Box::new(m.commit_duration.clone()));
+        keep(&[Workers], Box::new(m.batch_retries.clone()));
+        keep(&[Workers], Box::new(m.worker_restarts.clone()));
+        keep(&[Workers], Box::new(m.events_published.clone()));
+        keep(&[Workers], Box::new(m.event_publish_failures.clone()));
+        keep(&[Workers], Box::new(m.outbox_lag.clone()));
+        keep(&[Workers], Box::new(m.webhook_dispatch_lag.clone()));
+        keep(&[Workers], Box::new(m.webhook_deliveries.clone()));
+        keep(&[Workers], Box::new(m.webhook_dead_letters.clone()));
+        keep(&[Scheduler], Box::new(m.holds_expired.clone()));
+        keep(&[Scheduler], Box::new(m.expiry_lag.clone()));
+        keep(&[Scheduler], Box::new(m.outbox_deleted.clone()));
+        m
+    }
+
+    /// Creates and registers every metric (of every component).
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
@@ -294,5 +343,70 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::{Component, Metrics};
+
+    /// The families `m` renders, with every labelled metric given a series first (a family
+    /// without series is not rendered).
+    fn families(m: &Metrics) -> BTreeSet<String> {
+        m.http_requests.with_label_values(&["/x", "GET", "200"]);
+        m.http_duration.with_label_values(&["/x", "GET"]);
+        m.submissions.with_label_values(&["accepted"]);
+        m.decisions.with_label_values(&["held", ""]);
+        m.queue_depth.with_label_values(&["ready"]);
+        m.payment_webhooks.with_label_values(&["confirmed"]);
+        m.webhook_deliveries.with_label_values(&["delivered"]);
+        m.db_pool.with_label_values(&["idle"]);
+        m.registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_metric_is_exported_by_some_process_and_owned_ones_only() {
+        let all = families(&Metrics::new());
+        let by = |c| families(&Metrics::for_component(c));
+        let (ingress, workers, scheduler) = (
+            by(Component::Ingress),
+            by(Component::Workers),
+            by(Component::Scheduler),
+        );
+        let union: BTreeSet<_> = ingress
+            .iter()
+            .chain(&workers)
+            .chain(&scheduler)
+            .cloned()
+            .collect();
+        assert_eq!(union, all, "a metric no process exports");
+        for set in [&ingress, &workers, &scheduler] {
+            assert!(
+                set.contains("slotq_db_pool_connections") && set.contains("slotq_shutting_down")
+            );
+        }
+        assert!(ingress.contains("slotq_http_requests_total"));
+        assert!(!workers.contains("slotq_http_requests_total"));
+        assert!(!ingress.contains("slotq_outbox_lag_seconds"));
+        assert!(!scheduler.contains("slotq_queue_depth"));
+        assert!(workers.contains("slotq_queue_depth") && ingress.contains("slotq_queue_depth"));
+        assert!(scheduler.contains("slotq_holds_expired_total"));
+        assert!(!workers.contains("slotq_holds_expired_total"));
+    }
+
+    #[test]
+    fn an_unexported_metric_can_still_be_updated() {
+        let m = Metrics::for_component(Component::Scheduler);
+        m.decisions.with_label_values(&["held", ""]).inc();
+        m.holds_expired.inc();
+        let text = m.render();
+        assert!(!text.contains("slotq_booking_decisions_total"), "{text}");
+        assert!(text.contains("slotq_holds_expired_total 1"), "{text}");
     }
 }

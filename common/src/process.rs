@@ -43,15 +43,17 @@ pub struct Started {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
-/// Connects (see [`connect`]), creates the metrics registry and binds the admin listener.
+/// Connects (see [`connect`]), creates the metrics registry of `component` and binds the admin
+/// listener.
 pub async fn start(
     config: &Config,
+    component: crate::metrics::Component,
     max_connections: u32,
     shutdown: &Shutdown,
     on_admin: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<Started> {
     let (pool, redis) = connect(config, max_connections).await?;
-    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::for_component(component));
     let addr = crate::admin::serve(
         config.admin_addr,
         crate::admin::AdminState {

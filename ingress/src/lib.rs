@@ -140,7 +140,9 @@ impl AppState {
             queue,
             decided,
             queue_ready: Arc::new(AtomicU64::new(0)),
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(Metrics::for_component(
+                slotq_common::metrics::Component::Ingress,
+            )),
             shutdown,
             verifier,
             pii: Arc::new(pii),

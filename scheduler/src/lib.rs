@@ -85,6 +85,7 @@ pub async fn run(
         metrics,
     } = slotq_common::process::start(
         &config,
+        slotq_common::metrics::Component::Scheduler,
         config.db_max_connections.min(4),
         &shutdown,
         on_admin,

@@ -200,8 +200,14 @@ pub async fn run(
         pool,
         redis,
         metrics,
-    } = slotq_common::process::start(&config, config.db_max_connections, &shutdown, on_admin)
-        .await?;
+    } = slotq_common::process::start(
+        &config,
+        slotq_common::metrics::Component::Workers,
+        config.db_max_connections,
+        &shutdown,
+        on_admin,
+    )
+    .await?;
     spawn_depth_refresher(
         redis.clone(),
         config.clone(),
