@@ -574,6 +574,17 @@ async fn listings_page_through_bookings_and_search_finds_free_slots_earliest_fir
         .collect();
     assert_eq!(ids, mine, "in slot order, no gaps, no repeats");
     assert!(page3["next_cursor"].is_null());
+    // A last page that is exactly full says so: no cursor to an empty page.
+    let (_, all) = app
+        .get(&format!("/v1/patients/{}/bookings?limit=5", fx.patient_id))
+        .await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 5, "{all}");
+    assert!(all["next_cursor"].is_null(), "{all}");
+    let (_, four) = app
+        .get(&format!("/v1/patients/{}/bookings?limit=4", fx.patient_id))
+        .await;
+    assert_eq!(four["items"].as_array().unwrap().len(), 4, "{four}");
+    assert!(four["next_cursor"].is_string(), "{four}");
     let (_, sheet) = app
         .get(&format!(
             "/v1/practitioners/{}/bookings?status=held&from={}",
@@ -647,6 +658,17 @@ async fn listings_page_through_bookings_and_search_finds_free_slots_earliest_fir
         ))
         .await;
     assert_eq!(next["items"][0]["start"], json!(rfc(slot(3, 810))));
+    // Exactly two free slots in [10:30, 12:00): a page of two is the last one.
+    let window = format!(
+        "/v1/slots?specialty=gp&from={}&to={}",
+        rfc(slot(3, 630)),
+        rfc(slot(3, 720))
+    );
+    let (_, two) = app.get(&format!("{window}&limit=2")).await;
+    assert_eq!(two["items"].as_array().unwrap().len(), 2, "{two}");
+    assert!(two["next_cursor"].is_null(), "{two}");
+    let (_, one) = app.get(&format!("{window}&limit=1")).await;
+    assert!(one["next_cursor"].is_string(), "{one}");
     let (_, both) = app
         .get(&format!("/v1/slots?from={}&limit=4", rfc(from)))
         .await;

@@ -7,9 +7,14 @@
 //! - a 09:00 slot stays 09:00 local across a DST change (its UTC instant moves);
 //! - local times skipped by a spring-forward gap have no UTC instant, so no slot exists there;
 //! - local times repeated by an autumn fall-back map to two instants; only the first (the
-//!   earlier offset) is a slot, so the same wall-clock slot cannot be booked twice.
+//!   earlier offset) is a slot, so the same wall-clock slot cannot be booked twice;
+//! - a slot lasts `slot_minutes` real minutes, so one that spans a spring-forward gap would
+//!   run past the next slot's start (and maybe past the end of hours): it is not a slot
+//!   ([`SlotProblem::SpansClockChange`]). Slots of one practitioner never overlap.
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, TimeZone, Timelike, Utc};
+use chrono::{
+    DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Timelike, Utc,
+};
 use chrono_tz::Tz;
 
 /// One weekly working interval, local time.
@@ -60,6 +65,9 @@ pub enum SlotProblem {
     /// The slot is not inside the practitioner's working hours that day.
     #[error("the slot is outside the practitioner's working hours")]
     OutsideHours,
+    /// The clocks go forward during the slot: its real length would run into the next slot.
+    #[error("the clocks go forward during this slot, so it would overlap the next one")]
+    SpansClockChange,
 }
 
 impl SlotProblem {
@@ -68,7 +76,9 @@ impl SlotProblem {
         match self {
             SlotProblem::InPast => "in_past",
             SlotProblem::BeyondHorizon => "beyond_horizon",
-            SlotProblem::OffGrid | SlotProblem::OutsideHours => "invalid_slot",
+            SlotProblem::OffGrid | SlotProblem::OutsideHours | SlotProblem::SpansClockChange => {
+                "invalid_slot"
+            }
         }
     }
 }
@@ -111,6 +121,9 @@ impl Schedule {
                     return Err(SlotProblem::OffGrid);
                 }
                 if minute + len <= to {
+                    if !self.lasts_until_its_wall_end(local.date_naive(), minute, start) {
+                        return Err(SlotProblem::SpansClockChange);
+                    }
                     return Ok(start + Duration::minutes(i64::from(len)));
                 }
             }
@@ -154,6 +167,7 @@ impl Schedule {
                     if let Some(at) = at.map(|t| t.with_timezone(&Utc))
                         && at >= from
                         && at < to
+                        && self.lasts_until_its_wall_end(date, m, at)
                     {
                         out.push(at);
                     }
@@ -180,6 +194,7 @@ impl Schedule {
             while m + len <= to {
                 if let Some(t) = NaiveTime::from_hms_opt(m / 60, m % 60, 0)
                     && let Some(at) = self.tz.from_local_datetime(&date.and_time(t)).earliest()
+                    && self.lasts_until_its_wall_end(date, m, at.with_timezone(&Utc))
                 {
                     out.push(at.with_timezone(&Utc));
                 }
@@ -188,6 +203,29 @@ impl Schedule {
         }
         out.dedup();
         out
+    }
+
+    /// Whether the slot starting at `at` (minute `m` of local `date`) ends, `slot_minutes` real
+    /// minutes later, no later than the instant its wall-clock end (`m + slot_minutes`, where
+    /// the next slot starts) happens. False only across a spring-forward gap; across a
+    /// fall-back the slot ends early (an hour of the repeated time offers no slot).
+    fn lasts_until_its_wall_end(&self, date: NaiveDate, m: u32, at: DateTime<Utc>) -> bool {
+        let len = i64::from(self.slot_minutes);
+        let wall_end = date.and_time(NaiveTime::MIN) + Duration::minutes(i64::from(m) + len);
+        self.first_instant_from(wall_end)
+            .is_none_or(|bound| at + Duration::minutes(len) <= bound)
+    }
+
+    /// The instant of local time `local`, or if the clocks skip it, of the first local minute
+    /// after it that exists (where the gap ends). `None` only past the zone's tables.
+    fn first_instant_from(&self, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+        // Gaps last minutes to hours; a skipped day (Pacific/Apia, 2011-12-30) is the longest.
+        (0..=2 * 24 * 60).find_map(|k| {
+            self.tz
+                .from_local_datetime(&(local + Duration::minutes(k)))
+                .earliest()
+                .map(|t| t.with_timezone(&Utc))
+        })
     }
 
     /// Working intervals of a local date: the exception's, else the weekly ones.
@@ -414,5 +452,123 @@ mod tests {
             s.check(utc("2026-03-02T08:30:00Z"), utc(NOW), 60),
             Err(SlotProblem::OutsideHours)
         );
+    }
+
+    fn all_day(tz: &str, slot_minutes: u32) -> Schedule {
+        Schedule {
+            tz: tz.parse().expect("zone"),
+            slot_minutes,
+            weekly: (1..=7)
+                .map(|weekday| WeeklyHours {
+                    weekday,
+                    start: NaiveTime::MIN,
+                    end: crate::domain::fields::END_OF_DAY,
+                })
+                .collect(),
+            exceptions: vec![],
+        }
+    }
+
+    #[test]
+    fn a_slot_across_the_spring_forward_gap_is_not_offered_nor_accepted() {
+        // Berlin, 2027-03-28: 02:00 local jumps to 03:00 (01:00Z). 90-minute slots from 00:00:
+        // 01:30 +01 (00:30Z) would last until 02:00Z, past 03:00 +02 (01:00Z), the next slot.
+        let s = Schedule {
+            weekly: vec![WeeklyHours {
+                weekday: 7,
+                start: t("00:00"),
+                end: t("06:00"),
+            }],
+            ..all_day("Europe/Berlin", 90)
+        };
+        let day = NaiveDate::from_ymd_opt(2027, 3, 28).expect("date");
+        assert_eq!(
+            s.slots_on(day),
+            vec![
+                utc("2027-03-27T23:00:00Z"), // 00:00 +01
+                utc("2027-03-28T01:00:00Z"), // 03:00 +02
+                utc("2027-03-28T02:30:00Z"), // 04:30 +02, ends at 06:00 +02
+            ]
+        );
+        assert_eq!(
+            s.fits(utc("2027-03-28T00:30:00Z")),
+            Err(SlotProblem::SpansClockChange)
+        );
+        assert_eq!(SlotProblem::SpansClockChange.reason(), "invalid_slot");
+        // Hours 01:00–03:00 that day are one real hour: no 90-minute slot fits.
+        let short = Schedule {
+            exceptions: vec![ScheduleException {
+                date: day,
+                hours: Some((t("01:00"), t("03:00"))),
+            }],
+            ..s.clone()
+        };
+        assert!(short.slots_on(day).is_empty());
+        assert_eq!(
+            short.fits(utc("2027-03-28T00:00:00Z")),
+            Err(SlotProblem::SpansClockChange)
+        );
+    }
+
+    #[test]
+    fn slots_never_overlap_and_stay_inside_hours_on_any_clock_change() {
+        let zones = [
+            "Europe/Berlin",
+            "America/New_York",
+            "Australia/Sydney",
+            "Australia/Lord_Howe",
+            "Pacific/Chatham",
+            "America/Santiago",
+            "America/Havana",
+            "Asia/Kolkata",
+        ];
+        let mut checked = 0;
+        for zone in zones {
+            let tz: Tz = zone.parse().expect("zone");
+            let offset_at = |d: NaiveDate| {
+                tz.from_local_datetime(&d.and_time(NaiveTime::from_hms_opt(12, 0, 0).expect("t")))
+                    .earliest()
+                    .map(|t| t.naive_utc())
+            };
+            let start = NaiveDate::from_ymd_opt(2027, 1, 1).expect("date");
+            // Days whose local noon is not 24 h after the previous one: the clock changed.
+            let changes: Vec<NaiveDate> = start
+                .iter_days()
+                .take(365)
+                .filter(|d| {
+                    let prev = d.pred_opt().expect("date");
+                    offset_at(*d)
+                        .zip(offset_at(prev))
+                        .is_some_and(|(a, b)| a - b != Duration::hours(24))
+                })
+                .collect();
+            for len in [15, 20, 25, 30, 45, 50, 60, 90, 120, 240] {
+                let s = all_day(zone, len);
+                for day in changes
+                    .iter()
+                    .flat_map(|d| [d.pred_opt(), Some(*d)])
+                    .flatten()
+                {
+                    let slots = s.slots_on(day);
+                    let day_start = s.first_instant_from(day.and_time(NaiveTime::MIN));
+                    let next = day.succ_opt().expect("date").and_time(NaiveTime::MIN);
+                    let day_end = s.first_instant_from(next);
+                    for (i, at) in slots.iter().enumerate() {
+                        let end = *at + Duration::minutes(i64::from(len));
+                        assert!(day_start.is_none_or(|b| *at >= b), "{zone} {len} {at}");
+                        assert!(day_end.is_none_or(|b| end <= b), "{zone} {len} {at}");
+                        if let Some(following) = slots.get(i + 1) {
+                            assert!(end <= *following, "{zone} {len}: {at} overlaps {following}");
+                        }
+                        assert_eq!(s.fits(*at), Ok(end), "{zone} {len} {at}");
+                        checked += 1;
+                    }
+                    let from = day_start.expect("day start");
+                    let to = day_end.expect("day end");
+                    assert_eq!(s.slots_between(from, to), slots, "{zone} {len} {day}");
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
     }
 }

@@ -173,7 +173,10 @@ pub struct SearchQuery {
     specialty: Option<String>,
     clinic_id: Option<Uuid>,
     country: Option<String>,
+    /// A date (`YYYY-MM-DD`, from 00:00 UTC of that day) or an RFC 3339 instant; default now.
     from: Option<String>,
+    /// A date (that UTC day included) or an RFC 3339 instant (exclusive); default `from` + 7
+    /// days, at most 31 days after `from`.
     to: Option<String>,
     /// 1–100 (default 20).
     #[param(minimum = 1, maximum = 100)]
@@ -251,10 +254,12 @@ pub async fn search(
     let to = to.min(horizon + Duration::seconds(1));
     let after = after.unwrap_or((from - Duration::seconds(1), Uuid::nil()));
 
-    let mut found: Vec<FoundSlot> = Vec::with_capacity(limit);
+    // One slot more than the page: whether another page follows.
+    let want = limit + 1;
+    let mut found: Vec<FoundSlot> = Vec::with_capacity(want);
     // Windows of a few hours, earliest first: a page is usually found in the first one.
     let mut window = from;
-    while found.len() < limit && window < to {
+    while found.len() < want && window < to {
         let window_end = (window + Duration::hours(6)).min(to);
         let mut candidates: Vec<(DateTime<Utc>, usize)> = Vec::new();
         for (i, p) in practitioners.iter().enumerate() {
@@ -272,7 +277,7 @@ pub async fn search(
         // Bitmaps are read for the earliest candidates first, a chunk at a time: a page of
         // 20 usually needs a handful of bitmaps, not one per practitioner.
         let mut taken = availability::Taken::default();
-        'chunks: for chunk in candidates.chunks((limit * 2).max(64)) {
+        'chunks: for chunk in candidates.chunks((want * 2).max(64)) {
             let mut pairs: Vec<(Uuid, NaiveDate)> = chunk
                 .iter()
                 .map(|(t, i)| (practitioners[*i].id, t.date_naive()))
@@ -294,20 +299,16 @@ pub async fn search(
                     start: *t,
                     end: *t + len,
                 });
-                if found.len() == limit {
+                if found.len() == want {
                     break 'chunks;
                 }
             }
         }
         window = window_end;
     }
-    let next_cursor = if found.len() == limit {
-        found
-            .last()
-            .map(|f| format!("{}_{}", f.start.timestamp(), f.practitioner_id))
-    } else {
-        None
-    };
+    let (found, next_cursor) = super::page(found, limit, |f| {
+        format!("{}_{}", f.start.timestamp(), f.practitioner_id)
+    });
     Ok(Json(
         serde_json::json!({ "items": found, "next_cursor": next_cursor }),
     ))

@@ -390,12 +390,12 @@ async fn list(
     q: &ListQuery,
 ) -> Result<impl IntoResponse + use<>, ApiError> {
     let f = filter(q)?;
-    let items = bookings::list(&s.pool, owner, &f).await?;
-    let next_cursor = if items.len() as i64 == f.limit {
-        items.last().map(cursor_of)
-    } else {
-        None
+    let probe = bookings::ListFilter {
+        limit: f.limit + 1,
+        ..f.clone()
     };
+    let items = bookings::list(&s.pool, owner, &probe).await?;
+    let (items, next_cursor) = super::page(items, f.limit as usize, cursor_of);
     Ok(Json(
         serde_json::json!({ "items": items, "next_cursor": next_cursor }),
     ))

@@ -15,6 +15,23 @@ use axum::{
 
 use crate::{AppState, error::ApiError};
 
+/// A page of at most `limit` items out of a read of up to `limit + 1`: with the cursor of its
+/// last item when more follow, `None` on the last page (a last page that is exactly full does
+/// not lead to an empty one).
+pub(crate) fn page<T, C>(
+    mut items: Vec<T>,
+    limit: usize,
+    cursor: impl FnOnce(&T) -> C,
+) -> (Vec<T>, Option<C>) {
+    if items.len() > limit {
+        items.truncate(limit);
+        let next = items.last().map(cursor);
+        (items, next)
+    } else {
+        (items, None)
+    }
+}
+
 /// Every route; unknown paths and methods answer problem+json too.
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -164,10 +164,8 @@ pub async fn list(
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&caller, Action::ManageWebhooks)?;
     let (limit, after) = limit_and_cursor(q.limit, q.cursor.as_deref())?;
-    let items = webhooks::list_subscriptions(&s.pool, after, limit).await?;
-    let next_cursor = (items.len() as i64 == limit)
-        .then(|| items.last().map(|i| i.id))
-        .flatten();
+    let items = webhooks::list_subscriptions(&s.pool, after, limit + 1).await?;
+    let (items, next_cursor) = super::page(items, limit as usize, |i| i.id);
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 
@@ -224,10 +222,8 @@ pub async fn deliveries(
     if webhooks::get_subscription(&s.pool, id).await?.is_none() {
         return Err(ApiError::not_found("webhook subscription", id));
     }
-    let items = webhooks::list_deliveries(&s.pool, id, status, before, limit).await?;
-    let next_cursor = (items.len() as i64 == limit)
-        .then(|| items.last().map(|i| i.id))
-        .flatten();
+    let items = webhooks::list_deliveries(&s.pool, id, status, before, limit + 1).await?;
+    let (items, next_cursor) = super::page(items, limit as usize, |i| i.id);
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 
