@@ -810,3 +810,65 @@ async fn a_hold_committed_on_the_old_hours_after_a_change_is_listed_as_a_conflic
     assert_eq!(events, 1, "one event, however often the re-check runs");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exception_may_give_several_periods_for_one_date() {
+    let app = spawn(Options::default()).await;
+    let (_, pid) = app.practitioner_in("FR").await;
+    let day = (chrono::Utc::now() + chrono::Duration::days(3)).date_naive();
+    let weekly: Vec<Value> = (1..=7)
+        .map(|d| json!({"weekday": d, "start": "09:00", "end": "17:00"}))
+        .collect();
+    let hours = |exceptions: Value| json!({"weekly": weekly, "exceptions": exceptions});
+    let url = format!("/v1/practitioners/{pid}/hours");
+    let d = day.to_string();
+    let (s, b) = app
+        .put(
+            &url,
+            &hours(json!([
+                {"date": d, "start": "14:00", "end": "15:00"},
+                {"date": d, "start": "08:00", "end": "09:00"},
+            ])),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (_, read) = app.get(&url).await;
+    assert_eq!(read["exceptions"].as_array().unwrap().len(), 2, "{read}");
+    assert_eq!(read["exceptions"][0]["start"], "08:00", "{read}");
+    let slots = day_slots(&app, pid, &d).await;
+    let at = |h: u32, m: u32| format!("{d}T{h:02}:{m:02}:00Z");
+    assert_eq!(slots, [at(8, 0), at(8, 30), at(14, 0), at(14, 30)], "{slots:?}");
+    let patient = app.patient().await;
+    app.hold(patient, pid, day.and_hms_opt(14, 30, 0).unwrap().and_utc())
+        .await;
+
+    // Overlapping periods, or a closed date with periods, are refused and change nothing.
+    for (bad, field, code) in [
+        (
+            json!([{"date": d, "start": "08:00", "end": "10:00"},
+                   {"date": d, "start": "09:30", "end": "11:00"}]),
+            "exceptions[1]",
+            "overlap",
+        ),
+        (
+            json!([{"date": d, "start": "08:00", "end": "10:00"}, {"date": d, "closed": true}]),
+            "exceptions[1].date",
+            "duplicate",
+        ),
+        (
+            json!([{"date": d, "closed": true}, {"date": d, "start": "08:00", "end": "10:00"}]),
+            "exceptions[1].date",
+            "duplicate",
+        ),
+    ] {
+        let (s, p) = app.put(&url, &hours(bad)).await;
+        assert_eq!(s, 422, "{p}");
+        assert_eq!(
+            (p["errors"][0]["field"].as_str(), p["errors"][0]["code"].as_str()),
+            (Some(field), Some(code)),
+            "{p}"
+        );
+    }
+    assert_eq!(app.get(&url).await.1, read);
+    app.stop().await;
+}

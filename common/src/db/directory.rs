@@ -338,7 +338,7 @@ pub async fn load_schedules(
                 },
             })
             .collect::<Vec<_>>();
-        exceptions.sort_by_key(|e: &ScheduleException| e.date);
+        exceptions.sort_by_key(|e: &ScheduleException| (e.date, e.hours));
         out.insert(
             r.id,
             PractitionerSchedule {

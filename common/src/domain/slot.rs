@@ -228,10 +228,12 @@ impl Schedule {
         })
     }
 
-    /// Working intervals of a local date: the exception's, else the weekly ones.
+    /// Working intervals of a local date: the exceptions' of that date (none when it is
+    /// closed), else the weekly ones.
     pub fn intervals_on(&self, date: NaiveDate) -> Vec<(NaiveTime, NaiveTime)> {
-        if let Some(ex) = self.exceptions.iter().find(|e| e.date == date) {
-            return ex.hours.into_iter().collect();
+        let mut dated = self.exceptions.iter().filter(|e| e.date == date).peekable();
+        if dated.peek().is_some() {
+            return dated.filter_map(|e| e.hours).collect();
         }
         let weekday = date.weekday().number_from_monday() as u8;
         self.weekly
@@ -392,6 +394,18 @@ mod tests {
             s.check(utc("2026-03-02T08:00:00Z"), utc(NOW), 60),
             Err(SlotProblem::OutsideHours)
         );
+        // Two periods on one date.
+        s.exceptions.push(ScheduleException {
+            date: day,
+            hours: Some((t("08:00"), t("09:00"))),
+        });
+        assert!(s.check(utc("2026-03-02T07:30:00Z"), utc(NOW), 60).is_ok());
+        assert!(s.check(utc("2026-03-02T12:30:00Z"), utc(NOW), 60).is_ok());
+        assert_eq!(
+            s.check(utc("2026-03-02T10:00:00Z"), utc(NOW), 60),
+            Err(SlotProblem::OutsideHours)
+        );
+        assert_eq!(s.slots_on(day).len(), 4);
     }
 
     #[test]

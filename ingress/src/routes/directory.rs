@@ -1,7 +1,5 @@
 //! Clinics, practitioners with their hours, patients.
 
-use std::collections::HashSet;
-
 use axum::{
     Json,
     extract::State,
@@ -183,16 +181,19 @@ pub struct HoursBody {
     exceptions: Vec<ExceptionBody>,
 }
 
+/// At most this many exception entries (a year of special days with two periods each).
+const MAX_EXCEPTIONS: usize = 2 * 366;
+
 fn parse_hours(b: &HoursBody) -> Result<(Vec<WeeklyHours>, Vec<ScheduleException>), ApiError> {
     let mut f = Fields::default();
     if b.weekly.len() > 7 * 48 {
         f.0.push(FieldError::new("weekly", "invalid", "too many intervals"));
     }
-    if b.exceptions.len() > 366 {
+    if b.exceptions.len() > MAX_EXCEPTIONS {
         f.0.push(FieldError::new(
             "exceptions",
             "invalid",
-            "at most 366 exceptions",
+            format!("at most {MAX_EXCEPTIONS} exceptions"),
         ));
     }
     let mut weekly = Vec::with_capacity(b.weekly.len());
@@ -238,8 +239,7 @@ fn parse_hours(b: &HoursBody) -> Result<(Vec<WeeklyHours>, Vec<ScheduleException
             ));
         }
     }
-    let mut exceptions = Vec::with_capacity(b.exceptions.len());
-    let mut dates = HashSet::new();
+    let mut exceptions: Vec<ScheduleException> = Vec::with_capacity(b.exceptions.len());
     for (i, e) in b.exceptions.iter().enumerate() {
         let date = f.check(
             &format!("exceptions[{i}].date"),
@@ -274,14 +274,28 @@ fn parse_hours(b: &HoursBody) -> Result<(Vec<WeeklyHours>, Vec<ScheduleException
             }
         };
         if let (Some(date), Some(hours)) = (date, hours) {
-            if !dates.insert(date) {
+            // A date may have several periods, which must not overlap, or be closed alone.
+            let same_date = || exceptions.iter().filter(|e| e.date == date);
+            let closed_clash = same_date().next().is_some()
+                && (hours.is_none() || same_date().any(|e| e.hours.is_none()));
+            let overlap = hours.is_some_and(|(start, end)| {
+                same_date().any(|e| e.hours.is_some_and(|(a, b)| a < end && start < b))
+            });
+            if closed_clash {
                 f.0.push(FieldError::new(
                     format!("exceptions[{i}].date"),
                     "duplicate",
-                    "date given twice",
+                    "date given twice: a closed date cannot also have periods",
                 ));
+            } else if overlap {
+                f.0.push(FieldError::new(
+                    format!("exceptions[{i}]"),
+                    "overlap",
+                    "overlaps another period of the same date",
+                ));
+            } else {
+                exceptions.push(ScheduleException { date, hours });
             }
-            exceptions.push(ScheduleException { date, hours });
         }
     }
     f.finish()?;
