@@ -251,6 +251,17 @@ async fn cancel_frees_the_slot_and_cannot_happen_twice() {
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["status"], "cancelled");
     assert_eq!(b["cancel_reason"], "changed my mind");
+    // The caller's text stays on the booking; the event for subscribers carries a code only
+    // (free text may name the patient or their illness).
+    let event: Value = sqlx::query_scalar(
+        "SELECT payload FROM outbox WHERE type = 'booking.cancelled' AND aggregate_id = $1",
+    )
+    .bind(booking.parse::<Uuid>().unwrap())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(event["reason"], "cancelled", "{event}");
+    assert!(!event.to_string().contains("changed my mind"), "{event}");
     let (_, polled) = app
         .get(&format!("/v1/booking-requests/{}", id_of(&r)))
         .await;

@@ -51,6 +51,21 @@ async fn a_valid_signature_confirms_and_a_duplicate_changes_nothing() {
     );
     let (_, body) = pay(&app, "evt_2", "payment.succeeded", booking).await;
     assert_eq!(body["outcome"], "already_confirmed");
+    // A second, different payment: the patient paid twice, and that payment is named for
+    // the refund, next to the one that confirmed the booking.
+    let late: Vec<Value> = sqlx::query_scalar(
+        "SELECT payload FROM outbox WHERE type = 'booking.payment_late' AND aggregate_id = $1",
+    )
+    .bind(booking)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(late[0]["reason"], "refund_required");
+    assert_eq!(late[0]["status"], "confirmed");
+    assert_eq!(late[0]["payment"]["id"], "evt_2", "{}", late[0]);
+    assert_eq!(late[0]["payment"]["confirmed_by"], "evt_1");
+    assert!(late[0]["payment"]["amount"].is_i64() && late[0]["payment"]["currency"].is_string());
     assert_eq!(
         app.count("SELECT count(*) FROM audit_log WHERE action = 'confirm'")
             .await,
@@ -240,10 +255,17 @@ async fn payment_after_expiry_requires_a_refund() {
     assert_eq!(body["outcome"], "late_payment_refund_required");
     let (_, b) = app.get(&format!("/v1/bookings/{booking}")).await;
     assert_eq!(b["status"], "expired");
-    assert_eq!(
-        app.count("SELECT count(*) FROM outbox WHERE type = 'booking.payment_late'")
-            .await,
-        1
+    let late: Vec<Value> =
+        sqlx::query_scalar("SELECT payload FROM outbox WHERE type = 'booking.payment_late'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(late[0]["payment"]["id"], "evt_late", "{}", late[0]);
+    assert!(
+        late[0]["payment"].get("confirmed_by").is_none(),
+        "{}",
+        late[0]
     );
     app.stop().await;
 }

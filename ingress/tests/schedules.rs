@@ -837,7 +837,11 @@ async fn an_exception_may_give_several_periods_for_one_date() {
     assert_eq!(read["exceptions"][0]["start"], "08:00", "{read}");
     let slots = day_slots(&app, pid, &d).await;
     let at = |h: u32, m: u32| format!("{d}T{h:02}:{m:02}:00Z");
-    assert_eq!(slots, [at(8, 0), at(8, 30), at(14, 0), at(14, 30)], "{slots:?}");
+    assert_eq!(
+        slots,
+        [at(8, 0), at(8, 30), at(14, 0), at(14, 30)],
+        "{slots:?}"
+    );
     let patient = app.patient().await;
     app.hold(patient, pid, day.and_hms_opt(14, 30, 0).unwrap().and_utc())
         .await;
@@ -864,7 +868,10 @@ async fn an_exception_may_give_several_periods_for_one_date() {
         let (s, p) = app.put(&url, &hours(bad)).await;
         assert_eq!(s, 422, "{p}");
         assert_eq!(
-            (p["errors"][0]["field"].as_str(), p["errors"][0]["code"].as_str()),
+            (
+                p["errors"][0]["field"].as_str(),
+                p["errors"][0]["code"].as_str()
+            ),
             (Some(field), Some(code)),
             "{p}"
         );

@@ -59,6 +59,7 @@ impl Booking {
             reason,
             previous_slot_start: None,
             kind: None,
+            payment: None,
         }
     }
 }
@@ -107,13 +108,43 @@ pub(crate) async fn lock_booking(
         .await
 }
 
+/// Why a booking changed, as stored on the row and as told in its event.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Reason<'a> {
+    /// None given.
+    None,
+    /// A reason code of the system (`payment_failed`, `hold_expired`): row and event.
+    Code(&'static str),
+    /// A caller's free text: kept on the row (`cancel_reason`), while the event, which goes
+    /// to Kafka and webhook subscribers, carries only the code, if any (the text may hold
+    /// personal data).
+    Text(&'a str, Option<&'static str>),
+}
+
+impl<'a> Reason<'a> {
+    fn stored(self) -> Option<&'a str> {
+        match self {
+            Reason::None => None,
+            Reason::Code(c) => Some(c),
+            Reason::Text(t, _) => Some(t),
+        }
+    }
+
+    fn published(self) -> Option<String> {
+        match self {
+            Reason::None | Reason::Text(_, None) => None,
+            Reason::Code(c) | Reason::Text(_, Some(c)) => Some(c.to_owned()),
+        }
+    }
+}
+
 /// Applies `event` to a locked booking: updates the row and writes outbox and audit rows.
 pub(crate) async fn transition(
     conn: &mut PgConnection,
     booking: &Booking,
     event: BookingEvent,
     actor: &Actor,
-    reason: Option<&str>,
+    reason: Reason<'_>,
     payment_ref: Option<&str>,
 ) -> Result<Booking, TransitionError> {
     let to = booking
@@ -130,7 +161,7 @@ pub(crate) async fn transition(
     .bind(&booking.country_code)
     .bind(booking.id)
     .bind(to)
-    .bind(reason)
+    .bind(reason.stored())
     .bind(payment_ref)
     .fetch_one(&mut *conn)
     .await?;
@@ -146,7 +177,7 @@ pub(crate) async fn transition(
         &mut *conn,
         &[NewEvent {
             event_type,
-            data: updated.event_data(reason.map(str::to_owned)),
+            data: updated.event_data(reason.published()),
         }],
     )
     .await?;
@@ -179,9 +210,11 @@ pub async fn change_status(
     let booking = lock_booking(&mut tx, id)
         .await?
         .ok_or(TransitionError::NotFound)?;
-    let reason = match event {
-        BookingEvent::Cancel => Some(reason.unwrap_or("cancelled")),
-        _ => reason,
+    let reason = match (event, reason) {
+        (BookingEvent::Cancel, Some(text)) => Reason::Text(text, Some("cancelled")),
+        (BookingEvent::Cancel, None) => Reason::Code("cancelled"),
+        (_, Some(text)) => Reason::Text(text, None),
+        (_, None) => Reason::None,
     };
     let updated = transition(&mut tx, &booking, event, actor, reason, None).await?;
     if event == BookingEvent::Cancel {
@@ -337,6 +370,7 @@ pub async fn expire_due(pool: &PgPool, limit: i64) -> Result<Vec<ExpiredHold>, s
                 reason: Some("hold_expired".into()),
                 previous_slot_start: None,
                 kind: None,
+                payment: None,
             },
         })
         .collect();

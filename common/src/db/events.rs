@@ -71,6 +71,24 @@ pub struct BookingEventData {
     /// `reschedule`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// For `booking.payment_late`: the payment to refund, as the provider named it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment: Option<PaymentData>,
+}
+
+/// A provider's payment, as a `booking.payment_late` event names it (ids and amounts only).
+#[derive(Clone, Debug, Serialize)]
+pub struct PaymentData {
+    /// The provider's event id of this payment.
+    pub id: String,
+    /// Amount in minor units.
+    pub amount: Option<i64>,
+    /// ISO 4217 currency code.
+    pub currency: Option<String>,
+    /// The payment that confirmed the booking earlier, if one did (so the refund is not
+    /// taken for it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmed_by: Option<String>,
 }
 
 /// One outbox row to write.

@@ -287,6 +287,7 @@ pub async fn commit_batch(
                         reason: view.reason.clone(),
                         previous_slot_start: None,
                         kind: Some(view.kind.clone()),
+                        payment: None,
                     },
                 },
                 o.booking_id

@@ -5,8 +5,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{
-    bookings::{Actor, Booking, TransitionError, lock_booking, transition},
-    events::{NewEvent, insert_events, types},
+    bookings::{Actor, Booking, Reason, TransitionError, lock_booking, transition},
+    events::{BookingEventData, NewEvent, PaymentData, insert_events, types},
 };
 use crate::domain::status::{BookingEvent, BookingStatus};
 
@@ -161,7 +161,7 @@ pub async fn apply_payment(
                 &booking,
                 BookingEvent::PaymentSucceeded,
                 actor,
-                None,
+                Reason::None,
                 Some(&notice.event_id),
             )
             .await?;
@@ -179,19 +179,24 @@ pub async fn apply_payment(
                 &booking,
                 BookingEvent::Expire,
                 &expirer,
-                Some("hold_expired"),
+                Reason::Code("hold_expired"),
                 None,
             )
             .await?;
-            late_payment(&mut tx, &b).await?;
+            late_payment(&mut tx, &b, notice).await?;
             (PaymentOutcome::LatePaymentRefundRequired, Some(b))
         }
         (
             "payment.succeeded",
             BookingStatus::Confirmed | BookingStatus::Completed | BookingStatus::NoShow,
-        ) => (PaymentOutcome::AlreadyConfirmed, None),
+        ) => {
+            // Another payment than the one that confirmed it (a replay of that one was
+            // answered above): the patient paid twice, and this one must be refunded.
+            late_payment(&mut tx, &booking, notice).await?;
+            (PaymentOutcome::AlreadyConfirmed, None)
+        }
         ("payment.succeeded", BookingStatus::Expired | BookingStatus::Cancelled) => {
-            late_payment(&mut tx, &booking).await?;
+            late_payment(&mut tx, &booking, notice).await?;
             (PaymentOutcome::LatePaymentRefundRequired, None)
         }
         ("payment.failed", BookingStatus::Held) => {
@@ -200,7 +205,7 @@ pub async fn apply_payment(
                 &booking,
                 BookingEvent::PaymentFailed,
                 actor,
-                Some("payment_failed"),
+                Reason::Code("payment_failed"),
                 None,
             )
             .await?;
@@ -228,12 +233,26 @@ pub async fn apply_payment(
     })
 }
 
-async fn late_payment(conn: &mut sqlx::PgConnection, booking: &Booking) -> Result<(), sqlx::Error> {
+/// `booking.payment_late`: a payment the booking cannot take, named so it can be refunded.
+async fn late_payment(
+    conn: &mut sqlx::PgConnection,
+    booking: &Booking,
+    notice: &PaymentNotice,
+) -> Result<(), sqlx::Error> {
+    let data = BookingEventData {
+        payment: Some(PaymentData {
+            id: notice.event_id.clone(),
+            amount: notice.amount,
+            currency: notice.currency.clone(),
+            confirmed_by: booking.payment_ref.clone(),
+        }),
+        ..booking.event_data(Some("refund_required".into()))
+    };
     insert_events(
         conn,
         &[NewEvent {
             event_type: types::PAYMENT_LATE,
-            data: booking.event_data(Some("refund_required".into())),
+            data,
         }],
     )
     .await
