@@ -436,12 +436,7 @@ async fn an_expired_booking_is_named_with_the_right_article() {
         .await;
     app.wait_for_status(request, "expired", Duration::from_secs(10))
         .await;
-    let (s, v) = app
-        .post(
-            &format!("/v1/bookings/{booking}/reschedule"),
-            &json!({"slot_start": slot(3, 660).to_rfc3339()}),
-        )
-        .await;
+    let (s, v) = app.reschedule(booking, slot(3, 660)).await;
     assert_eq!(s, 409, "{v}");
     let detail = v["detail"].as_str().unwrap();
     assert!(

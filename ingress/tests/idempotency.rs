@@ -269,12 +269,7 @@ async fn a_rejected_reschedule_still_names_the_booking_it_was_to_move() {
     );
     let booking = mine["booking_id"].as_str().unwrap().to_owned();
 
-    let (s, queued) = app
-        .post(
-            &format!("/v1/bookings/{booking}/reschedule"),
-            &json!({"slot_start": slot(3, 660).to_rfc3339()}),
-        )
-        .await;
+    let (s, queued) = app.reschedule(booking.parse().unwrap(), slot(3, 660)).await;
     assert_eq!(s, 202, "{queued}");
     assert_eq!(queued["booking_id"], booking.as_str(), "{queued}");
     let id = id_of(&queued);

@@ -214,6 +214,15 @@ impl TestApp {
         status_and_json(self.http.post(format!("{}{path}", self.base)).json(body)).await
     }
 
+    /// `POST /v1/bookings/{booking}/reschedule` to `slot_start`.
+    pub async fn reschedule(&self, booking: Uuid, slot_start: DateTime<Utc>) -> (u16, Value) {
+        self.post(
+            &format!("/v1/bookings/{booking}/reschedule"),
+            &serde_json::json!({"slot_start": slot_start.to_rfc3339()}),
+        )
+        .await
+    }
+
     /// `PUT` JSON.
     pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
         status_and_json(self.http.put(format!("{}{path}", self.base)).json(body)).await

@@ -33,12 +33,7 @@ async fn decide(app: &TestApp, patient: Uuid, practitioner: Uuid, at: DateTime<U
 }
 
 async fn reschedule(app: &TestApp, booking: Uuid, at: DateTime<Utc>) -> Value {
-    let (s, r) = app
-        .post(
-            &format!("/v1/bookings/{booking}/reschedule"),
-            &json!({"slot_start": at.to_rfc3339()}),
-        )
-        .await;
+    let (s, r) = app.reschedule(booking, at).await;
     assert_eq!(s, 202, "{r}");
     app.decision(id_of(&r), Duration::from_secs(20)).await
 }

@@ -40,12 +40,7 @@ async fn reschedules_decided_together_leave_only_the_final_slot_taken() {
     // Queued while no worker runs, decided together: to A, to B, and to B twice more.
     let mut requests = Vec::new();
     for to in [a, b, b, b] {
-        let (s, r) = app
-            .post(
-                &format!("/v1/bookings/{booking}/reschedule"),
-                &json!({"slot_start": to.to_rfc3339()}),
-            )
-            .await;
+        let (s, r) = app.reschedule(booking, to).await;
         assert_eq!(s, 202, "{r}");
         requests.push(id_of(&r));
     }
@@ -163,12 +158,7 @@ async fn a_hold_past_its_expiry_cannot_be_moved_even_before_the_sweep() {
         .execute(&app.pool)
         .await
         .unwrap();
-    let (s, r) = app
-        .post(
-            &format!("/v1/bookings/{booking}/reschedule"),
-            &json!({"slot_start": slot(3, 660).to_rfc3339()}),
-        )
-        .await;
+    let (s, r) = app.reschedule(booking, slot(3, 660)).await;
     if s == 202 {
         let d = app.decision(id_of(&r), Duration::from_secs(20)).await;
         assert_eq!(
@@ -206,12 +196,7 @@ async fn a_move_drops_the_bitmaps_of_both_days_and_a_rebuild_read_before_it_is_n
     assert!(before.iter().all(|(b, _)| bit_is_set(b, BUILT_BIT)));
     assert!(bit_is_set(&before[0].0, availability_bit(from)));
 
-    let (s, r) = app
-        .post(
-            &format!("/v1/bookings/{booking}/reschedule"),
-            &json!({"slot_start": to.to_rfc3339()}),
-        )
-        .await;
+    let (s, r) = app.reschedule(booking, to).await;
     assert_eq!(s, 202, "{r}");
     let d = app.decision(id_of(&r), Duration::from_secs(20)).await;
     assert_eq!(d["status"], "held", "{d}");
