@@ -378,3 +378,50 @@ async fn audit_rows_are_stamped_when_written_not_when_their_transaction_began() 
     assert_eq!(actions, ["hold", "confirm", "cancel"], "{trail}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_picked_as_a_deadlock_victim_is_retried_not_answered_500() {
+    let app = spawn(Options::default()).await;
+    let (_, booking) = held_booking(&app, 840).await;
+    // Another transaction holds the event id's row (uncommitted) and will ask for the
+    // booking's row lock while the payment, holding that lock, waits for the event id: a
+    // deadlock, in which PostgreSQL aborts the payment (it waited first).
+    let mut other = app.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO payment_events (event_id, booking_id, type, amount, currency, outcome)
+         VALUES ('evt_dl', $1, 'payment.succeeded', 4500, 'EUR', 'confirmed')",
+    )
+    .bind(booking)
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    let payment = {
+        let app = &app;
+        async move { pay(app, "evt_dl", "payment.succeeded", booking).await }
+    };
+    let blocker = async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sqlx::query("SELECT 1 FROM bookings WHERE id = $1 FOR UPDATE")
+            .bind(booking)
+            .execute(&mut *other)
+            .await
+            .unwrap();
+        // Granted once the payment was aborted; step aside so its retry goes through.
+        other.rollback().await.unwrap();
+    };
+    let ((s, body), ()) = tokio::join!(payment, blocker);
+    assert_eq!(
+        (s, body["outcome"].as_str()),
+        (200, Some("confirmed")),
+        "{body}"
+    );
+    let (_, b) = app.get(&format!("/v1/bookings/{booking}")).await;
+    assert_eq!(b["status"], "confirmed");
+    assert_eq!(
+        app.count("SELECT count(*) FROM outbox WHERE type = 'booking.confirmed'")
+            .await,
+        1,
+        "the aborted attempt left nothing behind"
+    );
+    app.stop().await;
+}

@@ -255,3 +255,62 @@ async fn a_move_drops_the_bitmaps_of_both_days_and_a_rebuild_read_before_it_is_n
     assert_ne!(held, booking);
     app.stop().await;
 }
+
+/// Deadlocks PostgreSQL has counted in the test's database.
+async fn deadlocks(app: &slotq_testkit::TestApp) -> i64 {
+    app.count("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_moving_the_same_bookings_in_opposite_orders_do_not_deadlock() {
+    // Batches of two, two committers: request pairs (A then B) and (B then A) are decided side
+    // by side. Locking the bookings one by one in submission order deadlocked them.
+    let app = spawn(Options {
+        workers: false,
+        env: vec![
+            ("BATCH_MAX", "2".into()),
+            ("BATCH_LINGER_MS", "20".into()),
+            ("WORKER_CONCURRENCY", "8".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let fx = app.fixture().await;
+    let workers = start_workers(&app).await;
+    let mut pairs = Vec::new();
+    for k in 0..12u32 {
+        let (_, a) = app
+            .hold(fx.patient_id, fx.practitioner_id, slot(2, k * 60))
+            .await;
+        let other = app.patient().await;
+        let (_, b) = app
+            .hold(other, fx.practitioner_id, slot(2, k * 60 + 30))
+            .await;
+        pairs.push((k, a, b));
+    }
+    workers.stop().await;
+    let before = deadlocks(&app).await;
+    let mut requests = Vec::new();
+    for (k, a, b) in &pairs {
+        // Four distinct free targets per pair (days 3 and 4), so no move waits on another's slot.
+        for (booking, day, minute) in [(a, 3, 0), (b, 3, 30), (b, 4, 0), (a, 4, 30)] {
+            let (s, r) = app.reschedule(*booking, slot(day, k * 60 + minute)).await;
+            assert_eq!(s, 202, "{r}");
+            requests.push(id_of(&r));
+        }
+    }
+    let workers = start_workers(&app).await;
+    for r in &requests {
+        let d = app.decision(*r, Duration::from_secs(30)).await;
+        assert_eq!(d["status"], "held", "{d}");
+    }
+    assert_eq!(
+        deadlocks(&app).await - before,
+        0,
+        "deadlocks among the batches"
+    );
+    assert_eq!(workers.metric("slotq_batch_retries_total").await, 0.0);
+    workers.stop().await;
+    app.stop().await;
+}

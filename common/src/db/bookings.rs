@@ -78,6 +78,16 @@ pub enum TransitionError {
     Db(#[from] sqlx::Error),
 }
 
+impl TransitionError {
+    /// The database error, if that is what it is.
+    pub fn db(&self) -> Option<&sqlx::Error> {
+        match self {
+            TransitionError::Db(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Who causes a change, for the audit log.
 #[derive(Clone, Debug)]
 pub struct Actor {
@@ -200,6 +210,20 @@ pub(crate) async fn transition(
 /// Applies a status change requested through the API (cancel, complete, no-show) to one
 /// booking, in its own transaction. A cancellation also closes an open schedule conflict.
 pub async fn change_status(
+    pool: &PgPool,
+    id: Uuid,
+    event: BookingEvent,
+    reason: Option<&str>,
+    actor: &Actor,
+) -> Result<Booking, TransitionError> {
+    super::retry_conflicts(
+        || change_status_once(pool, id, event, reason, actor),
+        TransitionError::db,
+    )
+    .await
+}
+
+async fn change_status_once(
     pool: &PgPool,
     id: Uuid,
     event: BookingEvent,

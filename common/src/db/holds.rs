@@ -9,7 +9,9 @@
 //!    processes, and within a batch the earliest submission wins;
 //! 3. the losers are classified (`slot_taken` or `patient_conflict`);
 //! 4. reschedules move their booking with one conditional `UPDATE` each, under a savepoint:
-//!    the same unique indexes decide, and a lost race changes nothing (ADR-001);
+//!    the same unique indexes decide, and a lost race changes nothing (ADR-001); the bookings
+//!    to move are locked before step 2, all at once in id order, so batches never deadlock
+//!    on them;
 //! 5. every decision is recorded in `booking_requests`, with its outbox and audit rows, in one
 //!    statement.
 //!
@@ -211,6 +213,15 @@ pub async fn commit_batch(
     let (mut holds, mut moves): (Vec<_>, Vec<_>) = candidates
         .into_iter()
         .partition(|c| c.0.reschedule.is_none());
+    // The bookings to move are locked first, in id order, before any hold is inserted: two
+    // batches locking them one by one in submission order deadlocked, and PostgreSQL could
+    // pick as its victim a cancel or payment queued on one of those rows (a 500).
+    let mut to_move: Vec<Uuid> = moves.iter().filter_map(|(i, _, _)| i.reschedule).collect();
+    to_move.sort_unstable();
+    to_move.dedup();
+    if !to_move.is_empty() {
+        lock_bookings_in_order(&mut tx, &to_move).await?;
+    }
     insert_holds(&mut tx, &mut holds, hold_ttl, &mut outcomes).await?;
     moves.sort_by_key(|(i, _, _)| (i.submitted_at, i.request_id));
     for (input, country, end) in moves {
@@ -567,6 +578,16 @@ async fn insert_round(
     .bind(hold_ttl.as_secs_f64())
     .fetch_all(&mut *tx)
     .await
+}
+
+/// Locks the bookings `ids` (sorted) in that order: the rows are locked as the sorted
+/// result is returned.
+async fn lock_bookings_in_order(tx: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM bookings WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(ids)
+        .execute(tx)
+        .await
+        .map(|_| ())
 }
 
 /// Step 4: moves one booking to its new slot, or changes nothing.

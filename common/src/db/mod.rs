@@ -72,6 +72,37 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether PostgreSQL rolled a transaction back because of another one: a deadlock victim
+/// (`40P01`) or a serialization failure (`40001`). Nothing of it happened, so running it again
+/// is safe.
+pub fn is_conflict_abort(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+}
+
+/// Runs the transaction `run` makes, again (three times in all, 10 and 20 ms apart) while
+/// PostgreSQL aborts it for a conflict with another transaction ([`is_conflict_abort`]) —
+/// a deadlock victim may be any of the transactions involved, and the caller should not see
+/// a 500 for it. `db_error` finds the database error inside `E`.
+pub async fn retry_conflicts<T, E, Fut>(
+    mut run: impl FnMut() -> Fut,
+    db_error: impl Fn(&E) -> Option<&sqlx::Error>,
+) -> Result<T, E>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 1;
+    loop {
+        match run().await {
+            Err(e) if attempt < 3 && db_error(&e).is_some_and(is_conflict_abort) => {
+                tracing::warn!(attempt, "transaction aborted by a conflict; retrying");
+                tokio::time::sleep(Duration::from_millis(10 << (attempt - 1))).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Whether an error is a unique-constraint violation.
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))

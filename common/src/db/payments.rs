@@ -131,6 +131,21 @@ pub async fn apply_payment(
     notice: &PaymentNotice,
     actor: &Actor,
 ) -> Result<PaymentResult, PaymentError> {
+    super::retry_conflicts(
+        || apply_payment_once(pool, notice, actor),
+        |e| match e {
+            PaymentError::Transition(t) => t.db(),
+            PaymentError::EventReused => None,
+        },
+    )
+    .await
+}
+
+async fn apply_payment_once(
+    pool: &PgPool,
+    notice: &PaymentNotice,
+    actor: &Actor,
+) -> Result<PaymentResult, PaymentError> {
     let stored: Option<StoredEvent> = sqlx::query_as(STORED_EVENT)
         .bind(&notice.event_id)
         .fetch_optional(pool)
