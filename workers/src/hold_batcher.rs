@@ -9,7 +9,7 @@
 //! recorded decision (if any) is returned again.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -174,8 +174,8 @@ impl Committer {
     /// committers' updates land in either order. Either way a free slot would be refused by
     /// the pre-check until the bitmap expires. So after a batch that moved bookings, the
     /// bitmaps of every day a move left or reached are dropped (and their change counters
-    /// bumped): the next read rebuilds them from PostgreSQL, with a compare-and-set that no
-    /// later change can lose. Nothing derived from an earlier read of PostgreSQL is written,
+    /// bumped), then rebuilt from PostgreSQL with a compare-and-set that no later change can
+    /// lose. Nothing derived from an earlier read of PostgreSQL is written,
     /// so two such batches cannot leave a stale bit whatever the order of their updates.
     async fn invalidate_moved_days(&self, decided: &[Decided]) {
         let mut days: Vec<(uuid::Uuid, chrono::NaiveDate)> = decided
@@ -192,6 +192,21 @@ impl Committer {
         days.dedup();
         if let Err(e) = self.fast.invalidate_days(&days).await {
             tracing::warn!(error = %e, "could not drop the availability of rescheduled days");
+            return;
+        }
+        // Rebuilt at once, so the submission pre-check refuses taken slots of those days
+        // again. A rebuild reads the change counter before PostgreSQL and stores only if no
+        // change came in between; if one did, the day stays dropped until its next read.
+        let mut by_practitioner: HashMap<uuid::Uuid, Vec<chrono::NaiveDate>> = HashMap::new();
+        for (p, d) in days {
+            by_practitioner.entry(p).or_default().push(d);
+        }
+        for (p, days) in by_practitioner {
+            if let Err(e) =
+                slotq_common::availability::rebuild_days(&self.pool, &self.fast, p, &days).await
+            {
+                tracing::warn!(error = %e, "could not rebuild the availability of rescheduled days");
+            }
         }
     }
 
