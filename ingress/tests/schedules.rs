@@ -879,3 +879,93 @@ async fn an_exception_may_give_several_periods_for_one_date() {
     assert_eq!(app.get(&url).await.1, read);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_waits_for_a_replacement_of_hours_and_decides_on_the_new_ones() {
+    let app = spawn(Options::default()).await;
+    let fx = app.fixture().await;
+    let p = fx.practitioner_id;
+    let at = slot(3, 14 * 60);
+    // A replacement of the hours under way (what replace_hours does): the practitioner is
+    // closed from now on, but not yet committed.
+    let mut change = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(slotq_common::db::holds::hours_lock_key(p))
+        .execute(&mut *change)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE practitioners SET hours_changed_at = now() WHERE id = $1")
+        .bind(p)
+        .execute(&mut *change)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM practitioner_hours WHERE practitioner_id = $1")
+        .bind(p)
+        .execute(&mut *change)
+        .await
+        .unwrap();
+    // Accepted on the old hours (the only ones anyone can read yet) ...
+    let (s, r) = app.submit(fx.patient_id, p, at).await;
+    assert_eq!(s, 202, "{r}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ... but not decided on them while they are being replaced.
+    let (_, v) = app
+        .get(&format!("/v1/booking-requests/{}", id_of(&r)))
+        .await;
+    assert_eq!(v["status"], "queued", "{v}");
+    change.commit().await.unwrap();
+    let d = app.decision(id_of(&r), Duration::from_secs(20)).await;
+    assert_eq!(
+        (d["status"].as_str(), d["reason"].as_str()),
+        (Some("rejected"), Some("invalid_slot")),
+        "{d}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replacement_of_hours_waits_for_a_batch_deciding_on_them_and_lists_its_hold() {
+    let app = spawn(Options::default()).await;
+    let fx = app.fixture().await;
+    let p = fx.practitioner_id;
+    let at = slot(3, 14 * 60);
+    // A batch deciding on the current hours holds their lock shared and has written a hold.
+    let mut batch = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+        .bind(slotq_common::db::holds::hours_lock_key(p))
+        .execute(&mut *batch)
+        .await
+        .unwrap();
+    let booking = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO bookings (id, request_id, country_code, practitioner_id, patient_id,
+                               slot_start, slot_end, status, hold_expires_at)
+         VALUES ($1, $2, 'FR', $3, $4, $5, $5 + interval '30 minutes', 'held',
+                 now() + interval '5 minutes')",
+    )
+    .bind(booking)
+    .bind(Uuid::now_v7())
+    .bind(p)
+    .bind(fx.patient_id)
+    .bind(at)
+    .execute(&mut *batch)
+    .await
+    .unwrap();
+    // New hours that end before the hold: the replacement waits for the batch, then sees it.
+    let weekly: Vec<Value> = (1..=7)
+        .map(|d| json!({"weekday": d, "start": "00:00", "end": "12:00"}))
+        .collect();
+    let (url, body) = (
+        format!("/v1/practitioners/{p}/hours"),
+        json!({"weekly": weekly}),
+    );
+    let put = app.put(&url, &body);
+    let commit = async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        batch.commit().await.unwrap();
+    };
+    let ((s, b), ()) = tokio::join!(put, commit);
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["new_conflicts"], json!([booking]), "{b}");
+    app.stop().await;
+}

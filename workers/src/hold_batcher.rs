@@ -261,7 +261,12 @@ impl Committer {
             })
             .collect();
         let started = Instant::now();
-        let decided = holds::commit_batch(&self.pool, &inputs, self.config.hold_ttl).await?;
+        let hours_seen: Vec<_> = schedules
+            .iter()
+            .map(|(id, s)| (*id, s.hours_version))
+            .collect();
+        let decided =
+            holds::commit_batch(&self.pool, &inputs, &hours_seen, self.config.hold_ttl).await?;
         self.metrics
             .commit_duration
             .observe(started.elapsed().as_secs_f64());

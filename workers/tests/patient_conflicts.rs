@@ -248,7 +248,7 @@ async fn one_batch_decides_same_time_requests_across_countries_in_submission_ord
         Uuid::now_v7(),
     );
     let taken = candidate(q, fr_a, "FR", t, base, 0);
-    let d = commit_batch(&app.pool, std::slice::from_ref(&taken), ttl)
+    let d = commit_batch(&app.pool, std::slice::from_ref(&taken), &[], ttl)
         .await
         .unwrap();
     assert_eq!(outcome(&d, taken.request_id), held());
@@ -267,7 +267,7 @@ async fn one_batch_decides_same_time_requests_across_countries_in_submission_ord
         de.clone(),
         fr.clone(),
     ];
-    let d = commit_batch(&app.pool, &batch, ttl).await.unwrap();
+    let d = commit_batch(&app.pool, &batch, &[], ttl).await.unwrap();
     assert_eq!(outcome(&d, fr.request_id), rejected("slot_taken"));
     assert_eq!(outcome(&d, de.request_id), held());
     assert_eq!(outcome(&d, es.request_id), rejected("patient_conflict"));
@@ -283,7 +283,7 @@ async fn one_batch_decides_same_time_requests_across_countries_in_submission_ord
     // reschedule onto the same new instant in one batch: the hold is decided first.
     let mut onto_t = candidate(p, it_d, "IT", t, base, 6);
     onto_t.reschedule = Some(it_booking);
-    let d = commit_batch(&app.pool, std::slice::from_ref(&onto_t), ttl)
+    let d = commit_batch(&app.pool, std::slice::from_ref(&onto_t), &[], ttl)
         .await
         .unwrap();
     assert_eq!(outcome(&d, onto_t.request_id), rejected("patient_conflict"));
@@ -291,7 +291,7 @@ async fn one_batch_decides_same_time_requests_across_countries_in_submission_ord
     let hold_u = candidate(p, es_c, "ES", u, base, 7);
     let mut move_u = candidate(p, it_d, "IT", u, base, 8);
     move_u.reschedule = Some(it_booking);
-    let d = commit_batch(&app.pool, &[move_u.clone(), hold_u.clone()], ttl)
+    let d = commit_batch(&app.pool, &[move_u.clone(), hold_u.clone()], &[], ttl)
         .await
         .unwrap();
     assert_eq!(outcome(&d, hold_u.request_id), held());
@@ -336,7 +336,7 @@ async fn concurrent_batches_of_one_patient_in_different_countries_hold_one() {
             let input = input.clone();
             tokio::spawn(async move {
                 loop {
-                    match commit_batch(&pool, std::slice::from_ref(&input), ttl).await {
+                    match commit_batch(&pool, std::slice::from_ref(&input), &[], ttl).await {
                         Ok(d) => return outcome(&d, input.request_id),
                         Err(e) if e.is_transient() => continue,
                         Err(e) => panic!("batch failed: {e}"),
@@ -369,23 +369,34 @@ async fn the_decided_check_takes_every_lock_even_when_nothing_was_decided() {
     })
     .await;
     let mut tx = app.pool.begin().await.unwrap();
-    // No request of these ids exists: the statement reads no row, yet locks all three keys.
+    // No request of these ids exists: the statement reads no row, yet locks all three keys
+    // exclusively and the two hours keys shared.
     let views = slotq_common::db::requests::decided_views_locking(
         &mut tx,
         &[Uuid::now_v7(), Uuid::now_v7()],
         &[-5, 7, 11],
+        &[3, 13],
     )
     .await
     .unwrap();
     assert!(views.is_empty());
-    let held: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_locks
-         WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted",
+    let held: Vec<String> = sqlx::query_scalar(
+        "SELECT mode FROM pg_locks
+         WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted ORDER BY mode",
     )
-    .fetch_one(&mut *tx)
+    .fetch_all(&mut *tx)
     .await
     .unwrap();
-    assert_eq!(held, 3);
+    assert_eq!(
+        held,
+        [
+            "ExclusiveLock",
+            "ExclusiveLock",
+            "ExclusiveLock",
+            "ShareLock",
+            "ShareLock"
+        ]
+    );
     // Another session cannot take one of them until the transaction ends.
     let mut other = app.pool.acquire().await.unwrap();
     let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(7)")

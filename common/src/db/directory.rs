@@ -119,6 +119,10 @@ pub struct PractitionerSchedule {
     pub clinic_id: Uuid,
     /// Hours, exceptions, slot length and time zone.
     pub schedule: Schedule,
+    /// When the hours last changed (`hours_changed_at`) as this read saw it: a batch decides
+    /// on these hours only if it is still so under the practitioner's hours lock
+    /// ([`super::holds::commit_batch`]).
+    pub hours_version: Option<DateTime<Utc>>,
 }
 
 /// Inserts a clinic.
@@ -189,6 +193,13 @@ pub async fn replace_hours(
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     let (weekly, exceptions) = (&schedule.weekly, &schedule.exceptions);
     let mut tx = pool.begin().await?;
+    // The hours lock, exclusively: a batch deciding on this practitioner's hours holds it
+    // shared, so it either commits before this replacement (its holds are then checked for
+    // conflicts below) or decides after it, on the new hours (holds.rs).
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(super::holds::hours_lock_key(practitioner_id))
+        .execute(&mut *tx)
+        .await?;
     // Lock the practitioner so concurrent replacements serialize instead of interleaving.
     // (The update is that lock; it also records when, for the scheduler's re-check.)
     sqlx::query("UPDATE practitioners SET hours_changed_at = now() WHERE id = $1")
@@ -275,6 +286,7 @@ struct ScheduleRow {
     closed: Vec<bool>,
     x_starts: Vec<Option<NaiveTime>>,
     x_ends: Vec<Option<NaiveTime>>,
+    hours_changed_at: Option<DateTime<Utc>>,
 }
 
 /// Reads the schedules of several practitioners at once (unknown ids are absent).
@@ -290,7 +302,7 @@ pub async fn load_schedules(
                 COALESCE(h.weekdays, '{}') AS weekdays, COALESCE(h.starts, '{}') AS starts,
                 COALESCE(h.ends, '{}') AS ends, COALESCE(x.days, '{}') AS days,
                 COALESCE(x.closed, '{}') AS closed, COALESCE(x.starts, '{}') AS x_starts,
-                COALESCE(x.ends, '{}') AS x_ends
+                COALESCE(x.ends, '{}') AS x_ends, p.hours_changed_at
          FROM practitioners p
          JOIN clinics c ON c.id = p.clinic_id
          LEFT JOIN LATERAL (
@@ -350,6 +362,7 @@ pub async fn load_schedules(
                     weekly,
                     exceptions,
                 },
+                hours_version: r.hours_changed_at,
             },
         );
     }

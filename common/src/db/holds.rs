@@ -15,8 +15,16 @@
 //! 5. every decision is recorded in `booking_requests`, with its outbox and audit rows, in one
 //!    statement.
 //!
-//! A batch without reschedules or losers is five round trips: `BEGIN`, the decided check
-//! (which also takes the locks below), the insert, the record, `COMMIT`.
+//! A batch without reschedules or losers is six round trips: `BEGIN`, the decided check
+//! (which also takes the locks below), the hours check, the insert, the record, `COMMIT`.
+//!
+//! Hours: the worker checks slots against the schedules it read before the transaction. The
+//! decided check also takes every practitioner's hours lock shared ([`hours_lock_key`]),
+//! which a replacement of hours takes exclusively, and the next statement (a snapshot after
+//! the locks) checks that no practitioner's `hours_changed_at` moved since the read; if one
+//! did, the batch is rolled back and decided again on the new hours
+//! ([`BatchError::HoursChanged`]). So every hold was either committed before a replacement
+//! of its hours (and is checked by it for conflicts) or decided on the new hours.
 //!
 //! A patient may not hold two active bookings that start at the same time, in any countries
 //! (DESIGN §3). `bookings` is LIST-partitioned by country, and a unique index of a partitioned
@@ -115,13 +123,16 @@ pub enum BatchError {
     /// A concurrent delivery of the same request decided first; retry the batch.
     #[error("a request of the batch was decided concurrently")]
     Raced,
+    /// A practitioner's hours were replaced after the batch read them; decide it again.
+    #[error("the hours of a practitioner of the batch changed")]
+    HoursChanged,
 }
 
 impl BatchError {
     /// Whether retrying the batch may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            BatchError::Raced => true,
+            BatchError::Raced | BatchError::HoursChanged => true,
             BatchError::Db(e) => super::is_transient(e),
         }
     }
@@ -155,6 +166,7 @@ impl Outcome {
 pub async fn commit_batch(
     pool: &PgPool,
     inputs: &[HoldInput],
+    hours_seen: &[(Uuid, Option<DateTime<Utc>>)],
     hold_ttl: Duration,
 ) -> Result<Vec<Decided>, BatchError> {
     let mut seen = HashSet::with_capacity(inputs.len());
@@ -173,16 +185,21 @@ pub async fn commit_batch(
             .map(|i| (i.patient_id, i.slot_start)),
     );
 
+    let mut hours_keys: Vec<i64> = hours_seen.iter().map(|(p, _)| hours_lock_key(*p)).collect();
+    hours_keys.sort_unstable();
+    hours_keys.dedup();
+
     let mut tx = pool.begin().await?;
-    let mut decided: Vec<Decided> = decided_views_locking(&mut tx, &all_ids, &lock_keys)
-        .await?
-        .into_iter()
-        .map(|view| Decided {
-            view,
-            fresh: false,
-            freed: None,
-        })
-        .collect();
+    let mut decided: Vec<Decided> =
+        decided_views_locking(&mut tx, &all_ids, &lock_keys, &hours_keys)
+            .await?
+            .into_iter()
+            .map(|view| Decided {
+                view,
+                fresh: false,
+                freed: None,
+            })
+            .collect();
     let already: HashSet<Uuid> = decided.iter().map(|d| d.view.id).collect();
     let mut taken_ids = HashSet::with_capacity(inputs.len());
     let pending: Vec<&HoldInput> = inputs
@@ -192,6 +209,13 @@ pub async fn commit_batch(
     if pending.is_empty() {
         tx.commit().await?;
         return Ok(decided);
+    }
+    // Under the hours locks, in a statement of its own (a snapshot taken after them): were
+    // the verdicts made on the hours as they are now? If one changed since they were read,
+    // the batch is decided again on the new hours.
+    if !hours_seen.is_empty() && hours_changed(&mut tx, hours_seen).await? {
+        tx.rollback().await?;
+        return Err(BatchError::HoursChanged);
     }
 
     let mut outcomes: HashMap<Uuid, Outcome> = HashMap::with_capacity(pending.len());
@@ -486,6 +510,19 @@ pub fn patient_slot_lock_key(patient_id: Uuid, slot_start: DateTime<Utc>) -> i64
     i64::from_be_bytes(hash.to_be_bytes())
 }
 
+/// The advisory-lock key of a practitioner's hours: FNV-1a (64 bit) over `hours:` and the id's
+/// bytes. A batch holds it shared while it decides on those hours, a replacement of the hours
+/// exclusively ([`super::directory::replace_hours`]).
+pub fn hours_lock_key(practitioner_id: Uuid) -> i64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = b"hours:"
+        .iter()
+        .chain(practitioner_id.as_bytes().iter())
+        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME));
+    i64::from_be_bytes(hash.to_be_bytes())
+}
+
 /// The advisory-lock keys of these (patient, instant) pairs, sorted and without duplicates:
 /// taken in this order (a function scan returns an array's elements in order), two batches
 /// wait for each other on these locks, never deadlock.
@@ -577,6 +614,24 @@ async fn insert_round(
     .bind(&ends)
     .bind(hold_ttl.as_secs_f64())
     .fetch_all(&mut *tx)
+    .await
+}
+
+/// Whether any practitioner's hours changed since `seen` was read.
+async fn hours_changed(
+    tx: &mut PgConnection,
+    seen: &[(Uuid, Option<DateTime<Utc>>)],
+) -> Result<bool, sqlx::Error> {
+    let (ids, versions): (Vec<Uuid>, Vec<Option<DateTime<Utc>>>) = seen.iter().copied().unzip();
+    sqlx::query_scalar(
+        "SELECT EXISTS (
+             SELECT 1 FROM unnest($1::uuid[], $2::timestamptz[]) AS s(id, at)
+             JOIN practitioners p ON p.id = s.id
+             WHERE p.hours_changed_at IS DISTINCT FROM s.at)",
+    )
+    .bind(&ids)
+    .bind(&versions)
+    .fetch_one(tx)
     .await
 }
 

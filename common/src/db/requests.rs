@@ -135,23 +135,31 @@ where
 }
 
 /// [`decided_views`], and in the same statement (before it reads a row) the transaction-level
-/// advisory locks `lock_keys`, in the order given.
+/// advisory locks `lock_keys` (exclusive) and `shared_keys` (shared), each in the order given.
 pub async fn decided_views_locking(
     conn: &mut sqlx::PgConnection,
     ids: &[Uuid],
     lock_keys: &[i64],
+    shared_keys: &[i64],
 ) -> Result<Vec<RequestView>, sqlx::Error> {
-    if lock_keys.is_empty() {
+    if lock_keys.is_empty() && shared_keys.is_empty() {
         return decided_views(conn, ids).await;
     }
     // An uncorrelated condition is a one-time filter: PostgreSQL evaluates it (taking every
-    // lock) when the statement starts, before and whether or not any row is read.
+    // lock) when the statement starts, before and whether or not any row is read. The shared
+    // keys come first (`UNION ALL` runs its branches in order): a batch waiting for an hours
+    // key, behind a replacement of those hours, holds no patient key another batch could be
+    // waiting for.
     let rows: Vec<Row> = sqlx::query_as(concat!(
         decided_views_sql!(),
-        " WHERE (SELECT count(pg_advisory_xact_lock(k)) FROM unnest($2::bigint[]) AS l(k)) >= 0"
+        " WHERE (SELECT count(*) FROM (",
+        "SELECT pg_advisory_xact_lock_shared(k) FROM unnest($3::bigint[]) AS s(k)",
+        " UNION ALL SELECT pg_advisory_xact_lock(k) FROM unnest($2::bigint[]) AS l(k)) AS locks",
+        ") >= 0"
     ))
     .bind(ids)
     .bind(lock_keys)
+    .bind(shared_keys)
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(RequestView::from).collect())
