@@ -45,6 +45,10 @@ post PUT "/v1/practitioners/$pract/hours" "{\"weekly\":$week}" >/dev/null
 patient=$(post POST /v1/patients "{\"name\":\"Demo Patient\",\"email\":\"demo+$(date +%s%N)@example.test\",\"country_code\":\"FR\"}" | id)
 
 PATIENT_TOKEN=$(target/debug/slotq-ingress token --role patient --sub demo-patient --patient-id "$patient" --ttl-secs 86400)
+# The first free slot of next Monday, for the command printed below.
+monday=$(date -u -d 'next monday' +%Y-%m-%d)
+first_slot=$(curl -fsS "$url/v1/practitioners/$pract/availability?from=$monday&days=1" \
+  -H "authorization: Bearer $SERVICE_TOKEN" | grep -o '"start":"[^"]*"' | head -1 | cut -d'"' -f4)
 cat <<MSG
 slotq is running at $url  (logs: .run/*.log, stop: scripts/dev-down.sh)
 demo data: clinic=$clinic practitioner=$pract patient=$patient
@@ -52,7 +56,7 @@ metrics: ingress http://127.0.0.1:9099/metrics, workers http://127.0.0.1:9090/me
 tokens (24 h; more with: JWT_HS256_SECRET=$JWT_HS256_SECRET target/debug/slotq-ingress token --role <role> --sub <sub>):
   export SERVICE_TOKEN=$SERVICE_TOKEN
   export PATIENT_TOKEN=$PATIENT_TOKEN
-try:
+try (books the first slot of next Monday):
   curl -s -X POST $url/v1/booking-requests -H "authorization: Bearer \$PATIENT_TOKEN" -H 'content-type: application/json' \\
-    -d '{"patient_id":"$patient","practitioner_id":"$pract","slot_start":"<a weekday, e.g. $(date -u -d 'next monday' +%Y-%m-%d)T08:00:00Z>"}'
+    -d '{"patient_id":"$patient","practitioner_id":"$pract","slot_start":"$first_slot"}'
 MSG

@@ -92,12 +92,33 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 }
 
 /// `main` of a background service: `<name> [run|migrate]`. Bad configuration exits 64;
-/// SIGTERM or Ctrl-C fires the [`Shutdown`] given to `run` and logs `stopping`.
-pub async fn service_main<F, Fut>(role: Role, name: &str, stopping: &'static str, run: F)
-where
+/// With `--help`, `-h` or `help` as the first argument: prints `usage` and exits 0 (before any
+/// configuration is read, so it works without one).
+pub fn help_if_asked(usage: &str) {
+    if matches!(
+        std::env::args().nth(1).as_deref(),
+        Some("--help" | "-h" | "help")
+    ) {
+        println!("{}", usage.trim_end());
+        std::process::exit(0);
+    }
+}
+
+/// SIGTERM or Ctrl-C fires the [`Shutdown`] given to `run` and logs `stopping`. `about` says
+/// what `run` does, for `--help`.
+pub async fn service_main<F, Fut>(
+    role: Role,
+    name: &str,
+    about: &str,
+    stopping: &'static str,
+    run: F,
+) where
     F: FnOnce(Config, Shutdown) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    help_if_asked(&format!(
+        "usage: {name} [run|migrate]\n\n  run      (default) {about}\n  migrate  apply the database migrations and exit\n\nConfigured by environment variables (README: Configuration): DATABASE_URL, REDIS_URL,\nADMIN_ADDR, ... Exit status 64 for a configuration error."
+    ));
     let config = match Config::from_env(role) {
         Ok(c) => c,
         Err(e) => {

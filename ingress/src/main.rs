@@ -7,6 +7,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
+    slotq_common::process::help_if_asked(
+        "usage: slotq-ingress [serve|migrate|token ...]
+
+  serve    (default) the public HTTP API on HTTP_ADDR, /metrics on ADMIN_ADDR
+  migrate  apply the database migrations and exit
+  token    mint a JWT for development (slotq-ingress token --help)
+
+Configured by environment variables (README: Configuration): DATABASE_URL, REDIS_URL,
+HTTP_ADDR, ADMIN_ADDR, JWT_HS256_SECRET, ... Exit status 64 for a configuration error.",
+    );
     let config = match Config::from_env(Role::Ingress) {
         Ok(c) => c,
         Err(e) => {

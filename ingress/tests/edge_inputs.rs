@@ -606,3 +606,25 @@ async fn the_token_command_refuses_tokens_the_server_would_refuse() {
     assert_eq!(s, 200, "{body}");
     app.stop().await;
 }
+
+#[test]
+fn help_prints_usage_without_any_configuration() {
+    for flag in ["--help", "-h", "help"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_slotq-ingress"))
+            .env_clear()
+            .arg(flag)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("usage: slotq-ingress"), "{text}");
+        assert!(text.contains("migrate") && text.contains("token"), "{text}");
+    }
+    // Anything else is still refused.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_slotq-ingress"))
+        .env_clear()
+        .arg("--halp")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}

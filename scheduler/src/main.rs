@@ -8,6 +8,7 @@ async fn main() {
     slotq_common::process::service_main(
         slotq_common::config::Role::Scheduler,
         "slotq-scheduler",
+        "expire unpaid holds, delete published outbox events after their retention, re-check schedule conflicts",
         "shutting down after the current sweep",
         |config, shutdown| {
             slotq_scheduler::run(

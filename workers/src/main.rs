@@ -8,6 +8,7 @@ async fn main() {
     slotq_common::process::service_main(
         slotq_common::config::Role::Workers,
         "slotq-workers",
+        "decide queued holds in batches, relay the outbox to Kafka, dispatch webhooks",
         "shutting down: finishing claimed jobs",
         |config, shutdown| {
             slotq_workers::run(

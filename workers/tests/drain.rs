@@ -258,3 +258,18 @@ async fn workers_export_queue_depth_on_their_admin_port() {
     pool.await.unwrap().unwrap();
     app.stop().await;
 }
+
+#[test]
+fn help_prints_usage_without_any_configuration() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_slotq-workers"))
+        .env_clear()
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("usage: slotq-workers [run|migrate]"),
+        "{text}"
+    );
+}
