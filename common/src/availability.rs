@@ -81,7 +81,17 @@ pub async fn rebuild_days(
     days: &[NaiveDate],
 ) -> Result<usize, AvailabilityError> {
     let pairs: Vec<(Uuid, NaiveDate)> = days.iter().map(|d| (practitioner, *d)).collect();
-    let versions = fast.bitmaps(&pairs).await?;
+    rebuild_pairs(pool, fast, &pairs).await
+}
+
+/// Rebuilds the bitmaps of `(practitioner, UTC day)` pairs from PostgreSQL, now: one Redis
+/// read of their change counters, one query, one compare-and-set each.
+pub async fn rebuild_pairs(
+    pool: &PgPool,
+    fast: &FastPath,
+    pairs: &[(Uuid, NaiveDate)],
+) -> Result<usize, AvailabilityError> {
+    let versions = fast.bitmaps(pairs).await?;
     let missing: Vec<_> = pairs
         .iter()
         .zip(versions)

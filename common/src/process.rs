@@ -91,7 +91,6 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `main` of a background service: `<name> [run|migrate]`. Bad configuration exits 64;
 /// With `--help`, `-h` or `help` as the first argument: prints `usage` and exits 0 (before any
 /// configuration is read, so it works without one).
 pub fn help_if_asked(usage: &str) {
@@ -104,6 +103,7 @@ pub fn help_if_asked(usage: &str) {
     }
 }
 
+/// `main` of a background service: `<name> [run|migrate|--help]`. Bad configuration exits 64;
 /// SIGTERM or Ctrl-C fires the [`Shutdown`] given to `run` and logs `stopping`. `about` says
 /// what `run` does, for `--help`.
 pub async fn service_main<F, Fut>(

@@ -766,21 +766,7 @@ async fn a_hold_committed_on_the_old_hours_after_a_change_is_listed_as_a_conflic
     );
     // What a worker that read the old hours (to 23:30) commits just after the change looked.
     let late = slot(3, 14 * 60);
-    let booking = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO bookings (id, request_id, country_code, practitioner_id, patient_id,
-                               slot_start, slot_end, status, hold_expires_at)
-         VALUES ($1, $2, 'FR', $3, $4, $5, $5 + interval '30 minutes', 'held',
-                 now() + interval '5 minutes')",
-    )
-    .bind(booking)
-    .bind(Uuid::now_v7())
-    .bind(fx.practitioner_id)
-    .bind(fx.patient_id)
-    .bind(late)
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    let booking = write_hold(&app.pool, fx.practitioner_id, fx.patient_id, late).await;
     // The scheduler's re-check finds it within a few ticks, once.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -936,21 +922,7 @@ async fn a_replacement_of_hours_waits_for_a_batch_deciding_on_them_and_lists_its
         .execute(&mut *batch)
         .await
         .unwrap();
-    let booking = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO bookings (id, request_id, country_code, practitioner_id, patient_id,
-                               slot_start, slot_end, status, hold_expires_at)
-         VALUES ($1, $2, 'FR', $3, $4, $5, $5 + interval '30 minutes', 'held',
-                 now() + interval '5 minutes')",
-    )
-    .bind(booking)
-    .bind(Uuid::now_v7())
-    .bind(p)
-    .bind(fx.patient_id)
-    .bind(at)
-    .execute(&mut *batch)
-    .await
-    .unwrap();
+    let booking = write_hold(&mut *batch, p, fx.patient_id, at).await;
     // New hours that end before the hold: the replacement waits for the batch, then sees it.
     let weekly: Vec<Value> = (1..=7)
         .map(|d| json!({"weekday": d, "start": "00:00", "end": "12:00"}))
@@ -968,4 +940,30 @@ async fn a_replacement_of_hours_waits_for_a_batch_deciding_on_them_and_lists_its
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["new_conflicts"], json!([booking]), "{b}");
     app.stop().await;
+}
+
+/// Writes a held booking straight into PostgreSQL (FR, 30 minutes), as a worker's batch would,
+/// without the batch's checks; returns its id.
+async fn write_hold(
+    db: impl sqlx::PgExecutor<'_>,
+    practitioner: Uuid,
+    patient: Uuid,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Uuid {
+    let booking = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO bookings (id, request_id, country_code, practitioner_id, patient_id,
+                               slot_start, slot_end, status, hold_expires_at)
+         VALUES ($1, $2, 'FR', $3, $4, $5, $5 + interval '30 minutes', 'held',
+                 now() + interval '5 minutes')",
+    )
+    .bind(booking)
+    .bind(Uuid::now_v7())
+    .bind(practitioner)
+    .bind(patient)
+    .bind(at)
+    .execute(db)
+    .await
+    .unwrap();
+    booking
 }

@@ -110,7 +110,8 @@ pub async fn run(
             tracing::error!(error = ?e, "expiry sweep failed; retrying next tick");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        // Holds decided on hours that were being replaced (see `conflicts::recheck`).
+        // A second look for conflicts after each hours change (a safety net, see
+        // `conflicts::recheck`).
         match slotq_common::db::conflicts::recheck(&pool).await {
             Ok(new) if !new.is_empty() => {
                 tracing::info!(

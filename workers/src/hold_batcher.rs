@@ -9,7 +9,7 @@
 //! recorded decision (if any) is returned again.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -175,8 +175,8 @@ impl Committer {
     /// the pre-check until the bitmap expires. So after a batch that moved bookings, the
     /// bitmaps of every day a move left or reached are dropped (and their change counters
     /// bumped), then rebuilt from PostgreSQL with a compare-and-set that no later change can
-    /// lose. Nothing derived from an earlier read of PostgreSQL is written,
-    /// so two such batches cannot leave a stale bit whatever the order of their updates.
+    /// lose. Nothing derived from an earlier read of PostgreSQL is written, so two such batches
+    /// cannot leave a stale bit whatever the order of their updates.
     async fn invalidate_moved_days(&self, decided: &[Decided]) {
         let mut days: Vec<(uuid::Uuid, chrono::NaiveDate)> = decided
             .iter()
@@ -197,16 +197,10 @@ impl Committer {
         // Rebuilt at once, so the submission pre-check refuses taken slots of those days
         // again. A rebuild reads the change counter before PostgreSQL and stores only if no
         // change came in between; if one did, the day stays dropped until its next read.
-        let mut by_practitioner: HashMap<uuid::Uuid, Vec<chrono::NaiveDate>> = HashMap::new();
-        for (p, d) in days {
-            by_practitioner.entry(p).or_default().push(d);
-        }
-        for (p, days) in by_practitioner {
-            if let Err(e) =
-                slotq_common::availability::rebuild_days(&self.pool, &self.fast, p, &days).await
-            {
-                tracing::warn!(error = %e, "could not rebuild the availability of rescheduled days");
-            }
+        if let Err(e) =
+            slotq_common::availability::rebuild_pairs(&self.pool, &self.fast, &days).await
+        {
+            tracing::warn!(error = %e, "could not rebuild the availability of rescheduled days");
         }
     }
 

@@ -62,6 +62,12 @@ impl Booking {
             payment: None,
         }
     }
+
+    /// A hold whose expiry has passed, swept by the scheduler or not: it is over, so it can be
+    /// neither paid (the payment is late) nor moved.
+    pub fn hold_lapsed(&self, now: DateTime<Utc>) -> bool {
+        self.status == BookingStatus::Held && self.hold_expires_at.is_some_and(|at| at <= now)
+    }
 }
 
 /// Why a transition did not happen.

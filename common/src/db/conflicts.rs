@@ -80,10 +80,10 @@ pub async fn detect(
     Ok(new)
 }
 
-/// How long after an hours change the scheduler looks for conflicts again: a worker's batch
-/// reads the hours just before its transaction, so a hold decided on the old hours may commit
-/// just after the change looked. One attempt of a batch takes milliseconds (a retry reads the
-/// hours again), so looking once, this long after the change, finds every such hold.
+/// How long after an hours change the scheduler looks for conflicts again. Batches and
+/// replacements of hours serialize on the hours lock (holds.rs), so the change itself lists
+/// every hold decided on the old hours; this second look is a safety net (a batch of a worker
+/// version without the lock, a hold written by hand).
 pub const RECHECK_AFTER_SECS: f64 = 5.0;
 
 /// Runs [`detect`] once more for every practitioner whose hours changed at least

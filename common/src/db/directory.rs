@@ -200,8 +200,8 @@ pub async fn replace_hours(
         .bind(super::holds::hours_lock_key(practitioner_id))
         .execute(&mut *tx)
         .await?;
-    // Lock the practitioner so concurrent replacements serialize instead of interleaving.
-    // (The update is that lock; it also records when, for the scheduler's re-check.)
+    // Records when (the batches' version check and the scheduler's re-check read it).
+    // Concurrent replacements already wait for each other on the hours lock above.
     sqlx::query("UPDATE practitioners SET hours_changed_at = now() WHERE id = $1")
         .bind(practitioner_id)
         .execute(&mut *tx)

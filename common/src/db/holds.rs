@@ -499,27 +499,22 @@ async fn insert_holds(
 /// process, of any version, computes the same key; a collision only makes two batches wait
 /// for each other.
 pub fn patient_slot_lock_key(patient_id: Uuid, slot_start: DateTime<Utc>) -> i64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
     let micros = slot_start.timestamp_micros().to_be_bytes();
-    let hash = patient_id
-        .as_bytes()
-        .iter()
-        .chain(micros.iter())
-        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME));
-    i64::from_be_bytes(hash.to_be_bytes())
+    fnv1a_key(patient_id.as_bytes().iter().chain(micros.iter()))
 }
 
 /// The advisory-lock key of a practitioner's hours: FNV-1a (64 bit) over `hours:` and the id's
 /// bytes. A batch holds it shared while it decides on those hours, a replacement of the hours
 /// exclusively ([`super::directory::replace_hours`]).
 pub fn hours_lock_key(practitioner_id: Uuid) -> i64 {
+    fnv1a_key(b"hours:".iter().chain(practitioner_id.as_bytes().iter()))
+}
+
+/// FNV-1a (64 bit) of `bytes`, as an advisory-lock key.
+fn fnv1a_key<'a>(bytes: impl Iterator<Item = &'a u8>) -> i64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let hash = b"hours:"
-        .iter()
-        .chain(practitioner_id.as_bytes().iter())
-        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME));
+    let hash = bytes.fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME));
     i64::from_be_bytes(hash.to_be_bytes())
 }
 
@@ -667,9 +662,7 @@ async fn move_booking(
     }
     // A hold past its expiry that the scheduler has not swept yet is over: a payment for it is
     // answered late (payments.rs), and it cannot be moved either.
-    if booking.status == BookingStatus::Held
-        && booking.hold_expires_at.is_some_and(|at| at <= Utc::now())
-    {
+    if booking.hold_lapsed(Utc::now()) {
         return Ok(Outcome::rejected("booking_not_active"));
     }
     if booking.slot_start == input.slot_start {

@@ -53,20 +53,10 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 pub fn is_transient(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(_) if is_conflict_abort(err) => true,
         sqlx::Error::Database(db) => matches!(
             db.code().as_deref(),
-            Some(
-                "40001"
-                    | "40P01"
-                    | "55P03"
-                    | "57P01"
-                    | "57P02"
-                    | "57P03"
-                    | "53300"
-                    | "08000"
-                    | "08003"
-                    | "08006"
-            )
+            Some("55P03" | "57P01" | "57P02" | "57P03" | "53300" | "08000" | "08003" | "08006")
         ),
         _ => false,
     }

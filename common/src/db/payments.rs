@@ -86,6 +86,16 @@ pub enum PaymentError {
     EventReused,
 }
 
+impl PaymentError {
+    /// The database error, if that is what it is.
+    pub fn db(&self) -> Option<&sqlx::Error> {
+        match self {
+            PaymentError::Transition(t) => t.db(),
+            PaymentError::EventReused => None,
+        }
+    }
+}
+
 impl From<sqlx::Error> for PaymentError {
     fn from(e: sqlx::Error) -> Self {
         PaymentError::Transition(e.into())
@@ -131,14 +141,7 @@ pub async fn apply_payment(
     notice: &PaymentNotice,
     actor: &Actor,
 ) -> Result<PaymentResult, PaymentError> {
-    super::retry_conflicts(
-        || apply_payment_once(pool, notice, actor),
-        |e| match e {
-            PaymentError::Transition(t) => t.db(),
-            PaymentError::EventReused => None,
-        },
-    )
-    .await
+    super::retry_conflicts(|| apply_payment_once(pool, notice, actor), PaymentError::db).await
 }
 
 async fn apply_payment_once(
@@ -165,10 +168,7 @@ async fn apply_payment_once(
     if let Some(stored) = dup {
         return stored.replay(notice);
     }
-    let past_due = booking.status == BookingStatus::Held
-        && booking
-            .hold_expires_at
-            .is_some_and(|at| at <= chrono::Utc::now());
+    let past_due = booking.hold_lapsed(chrono::Utc::now());
     let (outcome, changed) = match (notice.event_type.as_str(), booking.status) {
         ("payment.succeeded", BookingStatus::Held) if !past_due => {
             let b = transition(
