@@ -200,9 +200,11 @@ pub async fn replace_hours(
         .bind(super::holds::hours_lock_key(practitioner_id))
         .execute(&mut *tx)
         .await?;
-    // Records when (the batches' version check and the scheduler's re-check read it).
-    // Concurrent replacements already wait for each other on the hours lock above.
-    sqlx::query("UPDATE practitioners SET hours_changed_at = now() WHERE id = $1")
+    // Records when (the batches' version check and the scheduler's re-check read it), at the
+    // clock and not at the transaction's start: a replacement that waited for the lock above
+    // behind another one then records the later time, so the re-check cannot mistake it for
+    // a change it has already seen. Concurrent replacements wait for each other on that lock.
+    sqlx::query("UPDATE practitioners SET hours_changed_at = clock_timestamp() WHERE id = $1")
         .bind(practitioner_id)
         .execute(&mut *tx)
         .await?;
