@@ -51,29 +51,63 @@ fn replay_of(record: &str, body_hash: &str) -> Admission {
     }
 }
 
-// Atomic admission: idempotency replay first (a replay must answer like the original even if
-// the slot has been taken since), then the availability pre-check, then the idempotency
-// record and the `queued` status together, so a replay never sees a key without a status.
-// Then the job itself is queued (`queue::PUSH_FN_LUA`), in the same atomic script.
-// KEYS: 1 idempotency key ("" if none), 2 request status key, 3 availability key ("" = no check),
-//       4-7 the hold queue's keys (`HoldQueue::keys`)
-// ARGV: 1 body hash, 2 request id, 3 status JSON, 4 availability bit, 5 ttl seconds,
-//       6 task id, 7 job JSON, 8 max attempts
-const ADMIT_LUA: &str = r"
-if KEYS[1] ~= '' then
-  local prior = redis.call('GET', KEYS[1])
-  if prior then return {'replay', prior} end
+// Atomic admission of several requests (one call of the ingress admitter), in order; for
+// each: idempotency replay first (a replay must answer like the original even if the slot has
+// been taken since), then the availability pre-check, then the idempotency record and the
+// `queued` status together, so a replay never sees a key without a status. Then the admitted
+// requests are queued as one job (`queue::PUSH_FN_LUA`, `queue::HoldTask`), in the same
+// atomic script. A later request of the same call sees an earlier one's idempotency record.
+// KEYS: 1-5 the hold queue's keys (`HoldQueue::keys`), then 3 per request: idempotency key
+//       ("" if none), request status key, availability key ("" = no check)
+// ARGV: 1 ttl seconds, 2 max attempts, then 6 per request: body hash, request id, status
+//       JSON, availability bit, job JSON, task id
+// Returns 2 per request: verdict ('ok', 'replay' or 'taken') and the prior record.
+const ADMIT_LUA: &str = r#"
+local n = (#KEYS - 5) / 3
+local out, jobs, task = {}, {}, nil
+for i = 0, n - 1 do
+  local idem, status, avail = KEYS[6 + 3 * i], KEYS[7 + 3 * i], KEYS[8 + 3 * i]
+  local a = 3 + 6 * i
+  local verdict, prior = 'ok', ''
+  if idem ~= '' then
+    local p = redis.call('GET', idem)
+    if p then verdict, prior = 'replay', p end
+  end
+  if verdict == 'ok' and avail ~= '' and redis.call('GETBIT', avail, tonumber(ARGV[a + 3])) == 1 then
+    verdict = 'taken'
+  end
+  if verdict == 'ok' then
+    if idem ~= '' then
+      redis.call('SET', idem, ARGV[a] .. '|' .. ARGV[a + 1], 'EX', ARGV[1])
+    end
+    redis.call('SET', status, ARGV[a + 2], 'EX', ARGV[1])
+    jobs[#jobs + 1] = ARGV[a + 4]
+    task = task or ARGV[a + 5]
+  end
+  out[#out + 1] = verdict
+  out[#out + 1] = prior
 end
-if KEYS[3] ~= '' and redis.call('GETBIT', KEYS[3], tonumber(ARGV[4])) == 1 then
-  return {'taken', ''}
+if task then
+  push_hold(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], task,
+    '{"holds":[' .. table.concat(jobs, ',') .. ']}', #jobs, ARGV[2])
 end
-if KEYS[1] ~= '' then
-  redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'EX', ARGV[5])
-end
-redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[5])
-push_hold(KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[6], ARGV[7], ARGV[8])
-return {'ok', ''}
-";
+return out
+"#;
+
+/// One request for [`FastPath::admit_many`].
+#[derive(Clone, Debug)]
+pub struct AdmitItem {
+    /// Its `queued` view (the status stored for polling).
+    pub view: RequestView,
+    /// The caller-scoped Idempotency-Key, if any.
+    pub idempotency_key: Option<String>,
+    /// The body's identity for idempotency.
+    pub body_hash: String,
+    /// Whether to refuse it when the availability bitmap shows the slot taken.
+    pub precheck: bool,
+    /// Its job.
+    pub job: crate::queue::HoldJob,
+}
 
 /// Redis operations of the fast path, for one namespace.
 #[derive(Clone)]
@@ -114,48 +148,60 @@ impl FastPath {
         Ok(record.map(|r| replay_of(&r, body_hash)))
     }
 
-    /// Registers a submission (see [`Admission`]) and, when admitted, queues `job` in the same
-    /// atomic script (one round trip, nothing to undo on failure).
-    pub async fn admit(
+    /// Registers submissions (see [`Admission`], one per item, in order) and queues the
+    /// admitted ones as one job, in one atomic script (one round trip, nothing to undo on
+    /// failure).
+    pub async fn admit_many(
         &self,
-        view: &RequestView,
-        idempotency_key: Option<&str>,
-        body_hash: &str,
-        precheck: bool,
+        items: &[&AdmitItem],
         queue: &crate::queue::HoldQueue,
-        job: &crate::queue::HoldJob,
-    ) -> redis::RedisResult<Admission> {
-        let status = serde_json::to_string(view).map_err(json_err)?;
-        let idem = idempotency_key
-            .map(|k| self.keys.idempotency(k))
-            .unwrap_or_default();
-        let avail = if precheck {
-            self.keys
-                .availability(view.practitioner_id, view.slot_start)
-        } else {
-            String::new()
-        };
+    ) -> redis::RedisResult<Vec<Admission>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut inv = self.admit.prepare_invoke();
-        inv.key(idem)
-            .key(self.keys.request(view.id))
-            .key(avail)
-            .arg(body_hash)
-            .arg(view.id.to_string())
-            .arg(status)
-            .arg(availability_bit(view.slot_start))
-            .arg(REMEMBER.as_secs());
         for k in queue.keys() {
             inv.key(k);
         }
-        inv.arg(crate::queue::HoldQueue::task_id(job.request_id))
-            .arg(serde_json::to_vec(job).map_err(json_err)?)
-            .arg(crate::queue::MAX_ATTEMPTS);
-        let (verdict, prior): (String, String) = inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok(match verdict.as_str() {
-            "replay" => replay_of(&prior, body_hash),
-            "taken" => Admission::SlotTaken,
-            _ => Admission::Admitted,
-        })
+        inv.arg(REMEMBER.as_secs()).arg(crate::queue::MAX_ATTEMPTS);
+        for item in items {
+            let view = &item.view;
+            let idem = item
+                .idempotency_key
+                .as_deref()
+                .map(|k| self.keys.idempotency(k))
+                .unwrap_or_default();
+            let avail = if item.precheck {
+                self.keys
+                    .availability(view.practitioner_id, view.slot_start)
+            } else {
+                String::new()
+            };
+            inv.key(idem).key(self.keys.request(view.id)).key(avail);
+            inv.arg(&item.body_hash)
+                .arg(view.id.to_string())
+                .arg(serde_json::to_string(view).map_err(json_err)?)
+                .arg(availability_bit(view.slot_start))
+                .arg(serde_json::to_vec(&item.job).map_err(json_err)?)
+                .arg(crate::queue::HoldQueue::task_id(item.job.request_id));
+        }
+        let flat: Vec<String> = inv.invoke_async(&mut self.conn.clone()).await?;
+        if flat.len() != items.len() * 2 {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "admission",
+                format!("{} answers for {} requests", flat.len() / 2, items.len()),
+            )));
+        }
+        Ok(items
+            .iter()
+            .zip(flat.chunks(2))
+            .map(|(item, answer)| match answer[0].as_str() {
+                "replay" => replay_of(&answer[1], &item.body_hash),
+                "taken" => Admission::SlotTaken,
+                _ => Admission::Admitted,
+            })
+            .collect())
     }
 
     /// The cached status of a request.
@@ -168,7 +214,8 @@ impl FastPath {
     }
 
     /// After a batch commit: caches each decision, marks held (and found-taken) slots taken,
-    /// and announces the decided ids. One round trip.
+    /// subtracts the decisions from the pending-requests counter and announces the decided
+    /// ids. One round trip.
     pub async fn publish_decisions(&self, views: &[RequestView]) -> redis::RedisResult<()> {
         if views.is_empty() {
             return Ok(());
@@ -176,6 +223,7 @@ impl FastPath {
         let mut pipe = redis::pipe();
         let now = Utc::now();
         let mut ids = String::with_capacity(views.len() * 37);
+        let mut taken = Vec::with_capacity(views.len());
         for v in views {
             let active =
                 v.booking_id.is_some() && matches!(v.status.as_str(), "held" | "confirmed");
@@ -195,13 +243,16 @@ impl FastPath {
                 pipe.set_ex(self.keys.request(v.id), json, ttl).ignore();
             }
             if active || v.reason.as_deref() == Some("slot_taken") {
-                self.mark(&mut pipe, v.practitioner_id, v.slot_start, true);
+                taken.push((v.practitioner_id, v.slot_start, true));
             }
             if !ids.is_empty() {
                 ids.push(',');
             }
             ids.push_str(&v.id.to_string());
         }
+        self.mark(&mut pipe, taken);
+        pipe.decr(self.keys.pending_requests(), views.len())
+            .ignore();
         pipe.publish(self.keys.decided_channel(), ids).ignore();
         pipe.atomic().query_async(&mut self.conn.clone()).await
     }
@@ -216,12 +267,15 @@ impl FastPath {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        for (request_id, practitioner_id, slot_start, freed) in changes {
+        for (request_id, ..) in changes {
             pipe.del(self.keys.request(*request_id)).ignore();
-            if *freed {
-                self.mark(&mut pipe, *practitioner_id, *slot_start, false);
-            }
         }
+        let freed = changes
+            .iter()
+            .filter(|c| c.3)
+            .map(|&(_, practitioner, slot, _)| (practitioner, slot, false))
+            .collect();
+        self.mark(&mut pipe, freed);
         pipe.atomic().query_async(&mut self.conn.clone()).await
     }
 
@@ -244,23 +298,25 @@ impl FastPath {
         pipe.atomic().query_async(&mut self.conn.clone()).await
     }
 
-    fn mark(
-        &self,
-        pipe: &mut redis::Pipeline,
-        practitioner: Uuid,
-        slot_start: DateTime<Utc>,
-        taken: bool,
-    ) {
-        let key = self.keys.availability(practitioner, slot_start);
-        let version = self
-            .keys
-            .availability_version(practitioner, slot_start.date_naive());
-        let expire = bitmap_expiry(slot_start.date_naive());
-        pipe.setbit(&key, availability_bit(slot_start) as usize, taken)
-            .ignore();
-        pipe.incr(&version, 1).ignore();
-        pipe.expire_at(&key, expire).ignore();
-        pipe.expire_at(&version, expire).ignore();
+    /// Sets (`taken`) or clears slots' availability bits; each day's change counter is
+    /// bumped once, and its keys' expiry set once, however many of its slots change.
+    fn mark(&self, pipe: &mut redis::Pipeline, mut slots: Vec<(Uuid, DateTime<Utc>, bool)>) {
+        slots.sort_unstable_by_key(|&(p, at, _)| (p, at.date_naive()));
+        let mut last_day = None;
+        for (practitioner, slot_start, taken) in slots {
+            let day = slot_start.date_naive();
+            let key = self.keys.availability_day(practitioner, day);
+            pipe.setbit(&key, availability_bit(slot_start) as usize, taken)
+                .ignore();
+            if last_day != Some((practitioner, day)) {
+                last_day = Some((practitioner, day));
+                let version = self.keys.availability_version(practitioner, day);
+                let expire = bitmap_expiry(day);
+                pipe.incr(&version, 1).ignore();
+                pipe.expire_at(&key, expire).ignore();
+                pipe.expire_at(&version, expire).ignore();
+            }
+        }
     }
 
     /// The availability bitmaps (and their change counters) of `(practitioner, UTC day)`

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub worker_restarts: IntCounter,
     /// Queue depth by state (ready, scheduled, inflight, dead).
     pub queue_depth: IntGaugeVec,
+    /// Booking requests accepted and not yet decided (what `MAX_QUEUE_DEPTH` limits).
+    pub queue_pending_requests: IntGauge,
     /// Age of the oldest ready job.
     pub queue_oldest_age: IntGauge,
     /// `MAX_QUEUE_DEPTH` (set by ingress), so alerts can compare depth with the shedding point.
@@ -97,6 +99,10 @@ impl Metrics {
         keep(&[Ingress], Box::new(m.queue_max_depth.clone()));
         keep(&[Ingress, Workers], Box::new(m.queue_depth.clone()));
         keep(&[Ingress, Workers], Box::new(m.queue_oldest_age.clone()));
+        keep(
+            &[Ingress, Workers],
+            Box::new(m.queue_pending_requests.clone()),
+        );
         keep(&[Workers], Box::new(m.decisions.clone()));
         keep(&[Workers], Box::new(m.decision_latency.clone()));
         keep(&[Workers], Box::new(m.batch_size.clone()));
@@ -209,6 +215,17 @@ impl Metrics {
                 "Jobs in the hold queue by state.",
                 &["state"],
             ),
+            queue_pending_requests: {
+                let g = IntGauge::new(
+                    "slotq_queue_pending_requests",
+                    "Booking requests accepted and not yet decided (a job carries up to 64).",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}"));
+                registry
+                    .register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| unreachable!("{e}"));
+                g
+            },
             queue_oldest_age: {
                 let g = IntGauge::new(
                     "slotq_queue_oldest_ready_age_seconds",
@@ -223,7 +240,7 @@ impl Metrics {
             queue_max_depth: {
                 let g = IntGauge::new(
                     "slotq_queue_max_depth",
-                    "Ready jobs above which ingress sheds load (MAX_QUEUE_DEPTH).",
+                    "Pending booking requests above which ingress sheds load (MAX_QUEUE_DEPTH).",
                 )
                 .unwrap_or_else(|e| unreachable!("{e}"));
                 registry
@@ -321,6 +338,8 @@ impl Metrics {
     /// alerts and autoscalers still see the queue when one of them is down).
     pub fn observe_queue(&self, d: &crate::queue::QueueDepth) {
         self.queue_oldest_age.set(d.oldest_ready_age_secs as i64);
+        self.queue_pending_requests
+            .set(i64::try_from(d.pending_requests).unwrap_or(i64::MAX));
         for (state, v) in [
             ("ready", d.ready),
             ("scheduled", d.scheduled),

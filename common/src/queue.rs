@@ -42,8 +42,43 @@ pub struct HoldJob {
     pub actor_role: Option<String>,
 }
 
+/// One queued job: the booking requests that ingress admitted in one Redis call (at most
+/// [`ADMIT_MAX`]), each decided on its own.
+///
+/// Why several per job: apalis spends about ten Redis commands on every job (its data and
+/// metadata, the ready list and the wake-up signal, the in-flight set, the acknowledgement and
+/// the clean-up of done jobs), which were half of Redis' work per request
+/// (loadtest/README.md, change 14). A job per admission call pays them once for all the
+/// requests that arrived while the previous call was in flight; at low load that is one.
+///
+/// On the wire `{"holds": [HoldJob, …]}`; a bare `HoldJob` (a job queued by an earlier
+/// version) reads as a task of one, so an upgrade strands nothing.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HoldTask {
+    /// The requests, in admission order.
+    pub holds: Vec<HoldJob>,
+}
+
+impl<'de> Deserialize<'de> for HoldTask {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Many { holds: Vec<HoldJob> },
+            One(HoldJob),
+        }
+        Ok(match Wire::deserialize(d)? {
+            Wire::Many { holds } => HoldTask { holds },
+            Wire::One(job) => HoldTask { holds: vec![job] },
+        })
+    }
+}
+
+/// The most requests one admission call (and so one job) carries.
+pub const ADMIT_MAX: usize = 64;
+
 /// apalis storage of hold jobs.
-pub type HoldStorage = RedisStorage<HoldJob>;
+pub type HoldStorage = RedisStorage<HoldTask>;
 
 /// The apalis configuration shared by producers and workers of the hold queue.
 pub fn apalis_config(config: &Config) -> ApalisConfig {
@@ -84,18 +119,21 @@ pub const MAX_ATTEMPTS: u32 = 25;
 //
 // The task id is the booking request id (a UUID v7 is 128 bits, as a ULID), so pushing the
 // same request twice is a no-op (`HSETNX`).
-/// Lua function `push_hold(data, ready, signal, meta, id, job, max_attempts)`: the push
-/// described above; 1 when queued, 0 when that task id was already queued. Also part of the
-/// ingress admission script (`fast_path::FastPath::admit`), so a request's status, its
-/// idempotency record and its job are written in one atomic round trip.
+/// Lua function `push_hold(data, ready, signal, meta, pending, id, job, requests,
+/// max_attempts)`: the push described above, and `requests` (the job's count of booking
+/// requests) added to the pending counter; 1 when queued, 0 when that task id was already
+/// queued. Also part of the ingress admission script (`fast_path::FastPath::admit_many`), so
+/// the requests' statuses, their idempotency records and their job are written in one atomic
+/// round trip.
 pub const PUSH_FN_LUA: &str = r"
-local function push_hold(data, ready, signal, meta, id, job, max_attempts)
+local function push_hold(data, ready, signal, meta, pending, id, job, requests, max_attempts)
   if redis.call('HSETNX', data, id, job) == 0 then return 0 end
   redis.call('HSET', meta .. ':' .. id,
     'attempts', 0, 'max_attempts', max_attempts, 'status', 'Pending', 'idempotency_key', '')
   redis.call('RPUSH', ready, id)
   redis.call('DEL', signal)
   redis.call('LPUSH', signal, 1)
+  redis.call('INCRBY', pending, requests)
   return 1
 end
 ";
@@ -104,7 +142,7 @@ end
 #[derive(Clone)]
 pub struct HoldQueue {
     conn: ConnectionManager,
-    keys: [String; 4],
+    keys: [String; 5],
     script: std::sync::Arc<Script>,
 }
 
@@ -130,9 +168,10 @@ impl HoldQueue {
                 c.active_jobs_list(),
                 c.signal_list(),
                 c.job_meta_hash(),
+                crate::redis_keys::Keys::new(&config.redis_namespace).pending_requests(),
             ],
             script: std::sync::Arc::new(Script::new(&format!(
-                "{PUSH_FN_LUA}return push_hold(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3])"
+                "{PUSH_FN_LUA}return push_hold(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], ARGV[4])"
             ))),
         }
     }
@@ -143,22 +182,21 @@ impl HoldQueue {
     }
 
     /// The keys `push_hold` takes, in order: job data hash, ready list, signal list, meta
-    /// prefix.
-    pub fn keys(&self) -> &[String; 4] {
+    /// prefix, pending-requests counter.
+    pub fn keys(&self) -> &[String; 5] {
         &self.keys
     }
 
-    /// Appends `job` to the ready list in one round trip; `false` when that request's job
-    /// was already queued.
+    /// Appends a job of one request to the ready list in one round trip; `false` when that
+    /// request's job was already queued.
     pub async fn push(&self, job: HoldJob) -> Result<bool, PushError> {
-        let data = serde_json::to_vec(&job)?;
+        let id = Self::task_id(job.request_id);
+        let data = serde_json::to_vec(&HoldTask { holds: vec![job] })?;
         let mut inv = self.script.prepare_invoke();
         for k in &self.keys {
             inv.key(k);
         }
-        inv.arg(Self::task_id(job.request_id))
-            .arg(data)
-            .arg(MAX_ATTEMPTS);
+        inv.arg(id).arg(data).arg(1).arg(MAX_ATTEMPTS);
         let added: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(added == 1)
     }
@@ -207,9 +245,13 @@ pub async fn promote_due(
     }
 }
 
-/// Jobs of the hold queue by state.
+/// Jobs of the hold queue by state, and the booking requests they carry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueueDepth {
+    /// Booking requests accepted and not yet decided (ready, waiting for a retry or in
+    /// flight): what load shedding compares with `MAX_QUEUE_DEPTH`. A job carries up to
+    /// [`ADMIT_MAX`] of them.
+    pub pending_requests: u64,
     /// Waiting for a worker.
     pub ready: u64,
     /// Waiting for a retry.
@@ -231,6 +273,13 @@ pub struct QueueDepth {
 // active LIST plus the due part of the ZSET, and "scheduled" its future part (retries).
 // In-flight jobs sit in one SET per registered worker, `{queue}:inflight:{worker name}` (the
 // workers ZSET holds names).
+//
+// Pending requests: a counter that the push adds each job's requests to and workers subtract
+// their decisions from (`FastPath::publish_decisions`). It can drift: a decision announced
+// twice (a job redelivered after part of it committed) subtracts twice, a failed announcement
+// not at all. So it is read with a floor of one request per unfinished job, and set to 0
+// whenever no job is ready, scheduled or in flight: then every job pushed has been
+// acknowledged, and a worker subtracts before it acknowledges, so the true count is 0.
 const DEPTH_LUA: &str = r"
 local now = tonumber(redis.call('TIME')[1])
 local ready = redis.call('LLEN', KEYS[1]) + redis.call('ZCOUNT', KEYS[2], '-inf', now)
@@ -257,7 +306,15 @@ if head and #head == 26 then
     if age > oldest then oldest = age end
   end
 end
-return {ready, scheduled, inflight, dead, oldest}
+local pending = tonumber(redis.call('GET', KEYS[6]) or '0') or 0
+local jobs = ready + scheduled + inflight
+if jobs == 0 then
+  if pending ~= 0 then redis.call('SET', KEYS[6], 0) end
+  pending = 0
+elseif pending < jobs then
+  pending = jobs
+end
+return {ready, scheduled, inflight, dead, oldest, pending}
 ";
 
 static DEPTH: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(DEPTH_LUA));
@@ -268,16 +325,24 @@ pub async fn depth(
     config: &Config,
 ) -> redis::RedisResult<QueueDepth> {
     let c = apalis_config(config);
-    let (ready, scheduled, inflight, dead, oldest_ready_age_secs): (u64, u64, u64, u64, u64) =
-        DEPTH
-            .key(c.active_jobs_list())
-            .key(c.scheduled_jobs_set())
-            .key(c.dead_jobs_set())
-            .key(c.workers_set())
-            .key(c.inflight_jobs_set())
-            .invoke_async(conn)
-            .await?;
+    let (ready, scheduled, inflight, dead, oldest_ready_age_secs, pending_requests): (
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+    ) = DEPTH
+        .key(c.active_jobs_list())
+        .key(c.scheduled_jobs_set())
+        .key(c.dead_jobs_set())
+        .key(c.workers_set())
+        .key(c.inflight_jobs_set())
+        .key(crate::redis_keys::Keys::new(&config.redis_namespace).pending_requests())
+        .invoke_async(conn)
+        .await?;
     Ok(QueueDepth {
+        pending_requests,
         ready,
         scheduled,
         inflight,
@@ -309,5 +374,47 @@ mod tests {
         assert!(!json.contains("actor_role"));
         let back: HoldJob = serde_json::from_str(&json).expect("deserializes");
         assert_eq!(back, job);
+    }
+
+    #[test]
+    fn tasks_carry_several_jobs_and_read_a_bare_job_as_a_task_of_one() {
+        let job = |i: u8| HoldJob {
+            request_id: Uuid::from_bytes([i; 16]),
+            patient_id: Uuid::now_v7(),
+            practitioner_id: Uuid::now_v7(),
+            slot_start: Utc::now(),
+            submitted_at: Utc::now(),
+            idempotency_key: Some(format!("k{i}")),
+            reschedule: None,
+            trace_id: None,
+            actor: None,
+            actor_role: None,
+        };
+        let task = HoldTask {
+            holds: vec![job(1), job(2)],
+        };
+        let json = serde_json::to_string(&task).expect("serializes");
+        assert!(json.starts_with(r#"{"holds":[{"#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<HoldTask>(&json).expect("reads"),
+            task
+        );
+        // What ingress' admission script writes: the jobs' JSON joined inside `holds`.
+        let joined = format!(
+            r#"{{"holds":[{},{}]}}"#,
+            serde_json::to_string(&task.holds[0]).unwrap(),
+            serde_json::to_string(&task.holds[1]).unwrap()
+        );
+        assert_eq!(
+            serde_json::from_str::<HoldTask>(&joined).expect("reads"),
+            task
+        );
+        // A job queued by an earlier version: one request, no `holds`.
+        let old = serde_json::to_string(&task.holds[0]).unwrap();
+        assert_eq!(
+            serde_json::from_str::<HoldTask>(&old).expect("reads").holds,
+            vec![task.holds[0].clone()]
+        );
+        assert!(serde_json::from_str::<HoldTask>(r#"{"holds":"x"}"#).is_err());
     }
 }

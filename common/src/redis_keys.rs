@@ -46,6 +46,13 @@ impl Keys {
         format!("{}:availv:{practitioner}:{}", self.ns, day.format("%Y%m%d"))
     }
 
+    /// Booking requests accepted and not yet decided (a counter next to the hold queue, whose
+    /// jobs carry several requests each): ingress adds a job's requests in the script that
+    /// queues it, workers subtract what they decided (see `queue::depth`).
+    pub fn pending_requests(&self) -> String {
+        format!("{}:holds:pending_requests", self.ns)
+    }
+
     /// Pub/sub channel announcing decided request ids (comma-separated).
     pub fn decided_channel(&self) -> String {
         format!("{}:decided", self.ns)

@@ -5,6 +5,7 @@
 //! registers the request in Redis (idempotency, availability pre-check, `queued` status),
 //! pushes the job and answers 202. See `ARCHITECTURE.md` for the whole data path.
 
+pub mod admitter;
 pub mod auth;
 pub mod decisions;
 pub mod error;
@@ -65,13 +66,14 @@ pub struct Shared {
     pub redis: redis::aio::ConnectionManager,
     /// Status cache, idempotency, availability.
     pub fast: FastPath,
-    /// The hold queue.
-    pub queue: HoldQueue,
+    /// Admits submissions and queues them, several per Redis call.
+    pub admitter: admitter::Admitter,
     /// Cached validation look-ups.
     pub lookup: lookup::Lookup,
     /// Decided request ids announced by the workers.
     pub decided: decisions::Decided,
-    /// Ready jobs in the queue, refreshed in the background (load shedding).
+    /// Booking requests accepted and not yet decided, refreshed in the background (load
+    /// shedding).
     pub queue_ready: Arc<AtomicU64>,
     /// Metrics of this process.
     pub metrics: Arc<Metrics>,
@@ -101,7 +103,8 @@ impl AppState {
             .await
             .context("connecting to Redis")?;
         let fast = FastPath::new(redis.clone(), &config.redis_namespace);
-        let queue = HoldQueue::new(redis.clone(), &config);
+        let admitter =
+            admitter::Admitter::start(fast.clone(), HoldQueue::new(redis.clone(), &config));
         let pii = match &config.pii {
             Some(keys) => keys.clone(),
             None => {
@@ -137,7 +140,7 @@ impl AppState {
             pool,
             redis,
             fast,
-            queue,
+            admitter,
             decided,
             queue_ready: Arc::new(AtomicU64::new(0)),
             metrics: Arc::new(Metrics::for_component(
@@ -164,7 +167,9 @@ impl AppState {
                 tick.tick().await;
                 match slotq_common::queue::depth(&mut conn, &state.config).await {
                     Ok(d) => {
-                        state.queue_ready.store(d.ready, Ordering::Relaxed);
+                        state
+                            .queue_ready
+                            .store(d.pending_requests, Ordering::Relaxed);
                         state.metrics.observe_queue(&d);
                     }
                     Err(e) => tracing::debug!(error = %e, "queue depth unavailable"),

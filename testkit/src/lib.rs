@@ -374,11 +374,11 @@ impl TestApp {
         .await
     }
 
-    /// Polls the hold queue's depth until `inflight` jobs are claimed by workers, or panics
-    /// after `timeout`.
-    pub async fn wait_for_inflight(
+    /// Polls the hold queue's depth until workers have claimed every job and the jobs carry
+    /// `requests` undecided booking requests, or panics after `timeout`.
+    pub async fn wait_for_claimed(
         &self,
-        inflight: u64,
+        requests: u64,
         timeout: Duration,
     ) -> slotq_common::queue::QueueDepth {
         let mut conn = self.redis.clone();
@@ -387,12 +387,13 @@ impl TestApp {
             let d = slotq_common::queue::depth(&mut conn, &self.config)
                 .await
                 .expect("queue depth");
-            if d.inflight == inflight {
+            if d.ready == 0 && d.scheduled == 0 && d.inflight > 0 && d.pending_requests == requests
+            {
                 return d;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the workers never claimed {inflight} jobs: {d:?}"
+                "the workers never claimed the jobs of {requests} requests: {d:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

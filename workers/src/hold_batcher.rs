@@ -38,15 +38,23 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Hands a job to the batcher; resolves once its decision is committed.
-    pub async fn decide(&self, job: HoldJob) -> Result<(), String> {
-        let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Pending { job, done })
-            .await
-            .map_err(|_| "batcher stopped".to_string())?;
-        rx.await
-            .map_err(|_| "batcher dropped the job".to_string())?
+    /// Hands a job's requests to the batcher; resolves once every one of their decisions is
+    /// committed (they may land in different batches), or with the first failure.
+    pub async fn decide_all(&self, jobs: Vec<HoldJob>) -> Result<(), String> {
+        let mut waiting = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let (done, rx) = oneshot::channel();
+            self.tx
+                .send(Pending { job, done })
+                .await
+                .map_err(|_| "batcher stopped".to_string())?;
+            waiting.push(rx);
+        }
+        for rx in waiting {
+            rx.await
+                .map_err(|_| "batcher dropped the job".to_string())??;
+        }
+        Ok(())
     }
 }
 

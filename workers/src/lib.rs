@@ -16,31 +16,39 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use apalis::prelude::*;
 use slotq_common::{
-    config::Config, fast_path::FastPath, metrics::Metrics, queue::HoldJob, shutdown::Shutdown,
+    config::Config, fast_path::FastPath, metrics::Metrics, queue::HoldTask, shutdown::Shutdown,
 };
 
 use crate::hold_batcher::{Batcher, Committer};
 
-/// The job handler: waits for the job's batch to commit. An error leaves the job to apalis'
-/// retry scheduling.
-async fn handle(job: HoldJob, batcher: Data<Batcher>) -> Result<(), BoxDynError> {
-    use tracing::Instrument;
-    // The ingress request id travels in the job, so worker logs join the ingress logs.
-    let span = tracing::info_span!("hold", request = %job.request_id, request_id = job.trace_id.as_deref().unwrap_or("-"));
-    async move {
-        match batcher.decide(job).await {
-            Ok(()) => {
-                tracing::debug!("hold decided");
-                Ok(())
+/// The job handler: hands the job's requests to the batcher and waits until every one of
+/// them is committed. An error leaves the whole job to apalis' retry scheduling; the requests
+/// already decided get their recorded decision back when it runs again.
+async fn handle(task: HoldTask, batcher: Data<Batcher>) -> Result<(), BoxDynError> {
+    // The ingress request id travels in each job, so worker logs join the ingress logs.
+    let spans: Vec<tracing::Span> = task
+        .holds
+        .iter()
+        .map(|j| {
+            tracing::info_span!("hold", request = %j.request_id, request_id = j.trace_id.as_deref().unwrap_or("-"))
+        })
+        .collect();
+    match batcher.decide_all(task.holds).await {
+        Ok(()) => {
+            for span in &spans {
+                span.in_scope(|| tracing::debug!("hold decided"));
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "hold not decided; apalis will retry it");
-                Err(e.into())
+            Ok(())
+        }
+        Err(e) => {
+            for span in &spans {
+                span.in_scope(
+                    || tracing::warn!(error = %e, "hold not decided; apalis will retry its job"),
+                );
             }
+            Err(e.into())
         }
     }
-    .instrument(span)
-    .await
 }
 
 /// Every second: moves due retries to the ready list in chunks (`queue::promote_due`), and

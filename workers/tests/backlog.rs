@@ -13,7 +13,7 @@ use std::{process::Stdio, time::Duration};
 
 use chrono::Utc;
 use redis::AsyncCommands;
-use slotq_common::queue::{HoldJob, HoldQueue};
+use slotq_common::queue::{HoldJob, HoldQueue, HoldTask};
 use slotq_testkit::{Options, TestApp, id_of, slot, spawn};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
@@ -98,6 +98,21 @@ async fn a_backlog_of_nine_thousand_jobs_is_drained_by_a_worker_that_stays_up() 
         .await
         .unwrap();
     assert_eq!(depth.ready, 9001, "{depth:?}");
+    assert_eq!(depth.pending_requests, 9001, "{depth:?}");
+    // A counter that drifted below the truth (say, decisions announced twice) is read with a
+    // floor of one request per unfinished job.
+    let pending_key =
+        slotq_common::redis_keys::Keys::new(&app.config.redis_namespace).pending_requests();
+    let _: () = redis::cmd("SET")
+        .arg(&pending_key)
+        .arg(-500)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let depth = slotq_common::queue::depth(&mut conn, &app.config)
+        .await
+        .unwrap();
+    assert_eq!(depth.pending_requests, 9001, "{depth:?}");
     // The age of the oldest ready job comes from the head of the ready list (its ULID).
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let depth = slotq_common::queue::depth(&mut conn, &app.config)
@@ -137,6 +152,17 @@ async fn a_backlog_of_nine_thousand_jobs_is_drained_by_a_worker_that_stays_up() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(left, 0, "the queue is empty and nothing is dead");
+    // Once no job is left, the counter is the truth again: 0, whatever it drifted to.
+    let d = slotq_common::queue::depth(&mut conn, &app.config)
+        .await
+        .unwrap();
+    assert_eq!(d.pending_requests, 0, "{d:?}");
+    let stored: i64 = redis::cmd("GET")
+        .arg(&pending_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
     let _ = worker.kill().await;
     app.stop().await;
 }
@@ -210,7 +236,9 @@ async fn more_than_eight_thousand_due_retries_in_apalis_scheduled_set_are_draine
     let mut storage = slotq_common::queue::hold_storage(app.redis.clone(), &app.config);
     for i in 0..8500u32 {
         storage
-            .push(unknown_patient_job(fx.practitioner_id, i))
+            .push(HoldTask {
+                holds: vec![unknown_patient_job(fx.practitioner_id, i)],
+            })
             .await
             .unwrap();
     }

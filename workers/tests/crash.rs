@@ -68,7 +68,7 @@ async fn a_worker_killed_mid_batch_loses_no_accepted_request() {
             ("BATCH_LINGER_MS", "20000"),
         ],
     );
-    app.wait_for_inflight(accepted.len() as u64, Duration::from_secs(20))
+    app.wait_for_claimed(accepted.len() as u64, Duration::from_secs(20))
         .await;
     doomed.start_kill().expect("SIGKILL");
     let _ = doomed.wait().await;

@@ -14,7 +14,6 @@ use std::{
     time::Duration,
 };
 
-use futures::future::join_all;
 use serde_json::{Value, json};
 use slotq_testkit::{Options, TestApp, id_of, slot, spawn};
 use tokio::{
@@ -101,25 +100,27 @@ async fn sigterm_mid_batch_finishes_or_hands_back_every_claimed_job() {
     }
     // 90 requests for 30 slots, each with its own x-request-id, which must reach the worker's
     // logs through the job.
-    let submissions = join_all((0..90u32).map(|i| {
+    // One after the other, so each is admitted alone and is a job of its own (concurrent
+    // submissions share jobs): the handler counts below are counts of requests.
+    let mut submissions = Vec::new();
+    for i in 0..90u32 {
         let body = json!({
             "patient_id": patients[(i % 6) as usize],
             "practitioner_id": fx.practitioner_id,
             "slot_start": slot(3, (i % 30) * 30).to_rfc3339(),
         });
-        let req = app
+        let res = app
             .http
             .post(format!("{}/v1/booking-requests", app.base))
             .header("x-request-id", format!("drain-trace-{i}"))
-            .json(&body);
-        async move {
-            let res = req.send().await.unwrap();
-            let echoed = res.headers()["x-request-id"].to_str().unwrap().to_owned();
-            let status = res.status().as_u16();
-            (status, echoed, res.json::<Value>().await.unwrap())
-        }
-    }))
-    .await;
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let echoed = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let status = res.status().as_u16();
+        submissions.push((status, echoed, res.json::<Value>().await.unwrap()));
+    }
     let mut trace_of: HashMap<Uuid, String> = HashMap::new();
     for (status, echoed, body) in &submissions {
         assert_eq!(*status, 202, "{body}");
@@ -138,7 +139,11 @@ async fn sigterm_mid_batch_finishes_or_hands_back_every_claimed_job() {
             ("BATCH_COMMITTERS", "1"),
         ],
     );
-    app.wait_for_inflight(90, Duration::from_secs(20)).await;
+    let d = app.wait_for_claimed(90, Duration::from_secs(20)).await;
+    assert_eq!(d.inflight, 90, "one job per request: {d:?}");
+    // Claimed is not yet started: give the 30 handlers time to hand their jobs to the batch
+    // (which lingers 3 s), or SIGTERM may find none started and hand all 90 back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(decided(&app).await, 0, "the batch is still lingering");
     sigterm(&first.child);
     let status = tokio::time::timeout(Duration::from_secs(20), first.child.wait())

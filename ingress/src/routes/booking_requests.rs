@@ -12,7 +12,11 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use slotq_common::auth::{Principal, Role};
-use slotq_common::{db::requests::RequestView, fast_path::Admission, queue::HoldJob};
+use slotq_common::{
+    db::requests::RequestView,
+    fast_path::{Admission, AdmitItem},
+    queue::HoldJob,
+};
 use tower_http::request_id::RequestId;
 use uuid::Uuid;
 
@@ -213,7 +217,8 @@ pub(crate) async fn enqueue(
     trace: Option<axum::Extension<RequestId>>,
 ) -> Result<(RequestView, bool), ApiError> {
     let ready = s.queue_ready.load(Ordering::Relaxed);
-    // README: the number of ready jobs *above* which new requests are refused.
+    // README: the number of requests waiting for a decision *above* which new ones are
+    // refused.
     if ready > s.config.max_queue_depth {
         return Err(ApiError::Unavailable {
             detail: format!("the booking queue is full ({ready} waiting); retry shortly"),
@@ -251,18 +256,17 @@ pub(crate) async fn enqueue(
         actor: Some(r.caller.sub),
         actor_role: Some(r.caller.role.as_str().to_owned()),
     };
-    // One atomic script: idempotency, pre-check, `queued` status and the job itself. If Redis
-    // fails, nothing was written and the client may simply retry.
+    // One atomic script (shared with whatever other submissions are waiting): idempotency,
+    // pre-check, `queued` status and the job itself. If Redis fails, the client may retry.
     let admission = s
-        .fast
-        .admit(
-            &view,
-            key.as_deref(),
-            hash,
-            s.config.precheck,
-            &s.queue,
-            &job,
-        )
+        .admitter
+        .admit(AdmitItem {
+            view: view.clone(),
+            idempotency_key: key,
+            body_hash: hash.to_owned(),
+            precheck: s.config.precheck,
+            job,
+        })
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "enqueue failed");

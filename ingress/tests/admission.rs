@@ -1,0 +1,209 @@
+//! Admission in groups: concurrent submissions share Redis calls and jobs, and within one
+//! call every request is judged in order, exactly as if it had been admitted alone.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::Utc;
+use futures::future::join_all;
+use slotq_common::{
+    db::requests::RequestView,
+    fast_path::{Admission, AdmitItem, FastPath},
+    queue::{ADMIT_MAX, HoldJob, HoldQueue, HoldTask, apalis_config},
+    redis_keys::availability_bit,
+};
+use slotq_testkit::{Options, TestApp, id_of, slot, spawn};
+use uuid::Uuid;
+
+fn no_workers() -> Options {
+    Options {
+        workers: false,
+        scheduler: false,
+        ..Options::default()
+    }
+}
+
+/// Every queued job, by task id.
+async fn queued_tasks(app: &TestApp) -> HashMap<String, HoldTask> {
+    let raw: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(apalis_config(&app.config).job_data_hash())
+        .query_async(&mut app.redis.clone())
+        .await
+        .unwrap();
+    raw.into_iter()
+        .map(|(id, json)| (id, serde_json::from_str(&json).unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submissions_share_jobs_and_each_is_queued_exactly_once() {
+    let app = spawn(no_workers()).await;
+    let fx = app.fixture().await;
+    // 230 distinct free slots (46 a day), all at once.
+    let submissions = join_all((0..230u32).map(|i| {
+        app.submit(
+            fx.patient_id,
+            fx.practitioner_id,
+            slot(2 + i64::from(i / 46), (i % 46) * 30),
+        )
+    }))
+    .await;
+    let accepted: HashSet<Uuid> = submissions
+        .iter()
+        .map(|(s, b)| {
+            assert_eq!(*s, 202, "{b}");
+            id_of(b)
+        })
+        .collect();
+    assert_eq!(accepted.len(), 230);
+
+    let tasks = queued_tasks(&app).await;
+    let mut queued = Vec::new();
+    for (task_id, task) in &tasks {
+        assert!(
+            (1..=ADMIT_MAX).contains(&task.holds.len()),
+            "{} requests in one job",
+            task.holds.len()
+        );
+        // The job is named after its first request (a ULID of its UUID v7).
+        assert_eq!(*task_id, HoldQueue::task_id(task.holds[0].request_id));
+        queued.extend(task.holds.iter().map(|j| j.request_id));
+    }
+    assert_eq!(queued.len(), 230, "no request is queued twice");
+    assert_eq!(
+        queued.iter().copied().collect::<HashSet<_>>(),
+        accepted,
+        "every accepted request is queued"
+    );
+    assert!(
+        tasks.len() < 230,
+        "230 concurrent submissions were queued as {} jobs: none shared a Redis call",
+        tasks.len()
+    );
+    let d = slotq_common::queue::depth(&mut app.redis.clone(), &app.config)
+        .await
+        .unwrap();
+    assert_eq!(d.ready as usize, tasks.len(), "{d:?}");
+    assert_eq!(d.pending_requests, 230, "{d:?}");
+    app.stop().await;
+}
+
+fn item(
+    practitioner: Uuid,
+    patient: Uuid,
+    at: chrono::DateTime<Utc>,
+    key: Option<&str>,
+    hash: &str,
+) -> AdmitItem {
+    let view = RequestView {
+        id: Uuid::now_v7(),
+        status: "queued".into(),
+        kind: "book".into(),
+        booking_id: None,
+        hold_expires_at: None,
+        reason: None,
+        practitioner_id: practitioner,
+        patient_id: patient,
+        slot_start: at,
+        submitted_at: Utc::now(),
+        decided_at: None,
+    };
+    AdmitItem {
+        job: HoldJob {
+            request_id: view.id,
+            patient_id: patient,
+            practitioner_id: practitioner,
+            slot_start: at,
+            submitted_at: view.submitted_at,
+            idempotency_key: key.map(str::to_owned),
+            reschedule: None,
+            trace_id: None,
+            actor: None,
+            actor_role: None,
+        },
+        view,
+        idempotency_key: key.map(str::to_owned),
+        body_hash: hash.into(),
+        precheck: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_judges_idempotency_and_the_precheck_request_by_request() {
+    let app = spawn(no_workers()).await;
+    let fast = FastPath::new(app.redis.clone(), &app.config.redis_namespace);
+    let queue = HoldQueue::new(app.redis.clone(), &app.config);
+    let (practitioner, patient) = (Uuid::now_v7(), Uuid::now_v7());
+    let (free, taken) = (slot(2, 9 * 60), slot(2, 10 * 60));
+    let mut conn = app.redis.clone();
+    let _: () = redis::cmd("SETBIT")
+        .arg(fast.keys().availability(practitioner, taken))
+        .arg(availability_bit(taken))
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let first = item(practitioner, patient, free, Some("k1"), "h1");
+    let retry = item(practitioner, patient, free, Some("k1"), "h1");
+    let other_body = item(practitioner, patient, free, Some("k1"), "h2");
+    let refused = item(practitioner, patient, taken, None, "h3");
+    let plain = item(practitioner, patient, slot(2, 11 * 60), None, "h4");
+    let verdicts = fast
+        .admit_many(&[&first, &retry, &other_body, &refused, &plain], &queue)
+        .await
+        .unwrap();
+    assert_eq!(
+        verdicts,
+        vec![
+            Admission::Admitted,
+            Admission::Replay {
+                request_id: first.view.id,
+                same_body: true
+            },
+            Admission::Replay {
+                request_id: first.view.id,
+                same_body: false
+            },
+            Admission::SlotTaken,
+            Admission::Admitted,
+        ]
+    );
+    // One job with the two admitted requests, and only their statuses.
+    let tasks = queued_tasks(&app).await;
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    let task = tasks.values().next().unwrap();
+    assert_eq!(
+        task.holds,
+        vec![first.job.clone(), plain.job.clone()],
+        "the admitted requests, in order"
+    );
+    for (view, cached) in [
+        (&first.view, true),
+        (&retry.view, false),
+        (&other_body.view, false),
+        (&refused.view, false),
+        (&plain.view, true),
+    ] {
+        assert_eq!(
+            fast.status(view.id).await.unwrap().is_some(),
+            cached,
+            "status of {}",
+            view.id
+        );
+    }
+    let d = slotq_common::queue::depth(&mut conn, &app.config)
+        .await
+        .unwrap();
+    assert_eq!((d.ready, d.pending_requests), (1, 2), "{d:?}");
+
+    // A call in which nothing is admitted queues nothing.
+    let again = fast.admit_many(&[&retry, &refused], &queue).await.unwrap();
+    assert_eq!(again[1], Admission::SlotTaken);
+    assert_eq!(queued_tasks(&app).await.len(), 1);
+    assert_eq!(fast.admit_many(&[], &queue).await.unwrap(), vec![]);
+    app.stop().await;
+}
