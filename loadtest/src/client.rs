@@ -1,5 +1,9 @@
 //! The slotq HTTP API as the load generator uses it: one pooled `reqwest` client carrying a
-//! `service` token (allowed to act for any patient, exempt from per-IP rate limits).
+//! `service` token (allowed to act for any patient, exempt from per-IP rate limits), and for
+//! the submissions that every scenario times, a leaner pool of bare hyper HTTP/1.1
+//! connections ([`Submitter`]): the load generator shares the two cores with what it
+//! measures, and reqwest's per-request work (URL parsing, default headers, its pool and
+//! timeout layers) cost about a third of the generator's CPU (loadtest/README.md, change 15).
 
 use std::time::Duration;
 
@@ -61,6 +65,95 @@ pub struct Api {
     http: reqwest::Client,
     base: String,
     payment_secret: Option<String>,
+    submitter: std::sync::Arc<Submitter>,
+}
+
+type Body = http_body_util::Full<hyper::body::Bytes>;
+
+/// Idle keep-alive HTTP/1.1 connections to ingress, each used by one request at a time.
+pub struct Submitter {
+    authority: String,
+    host: hyper::header::HeaderValue,
+    authorization: hyper::header::HeaderValue,
+    idle: std::sync::Mutex<Vec<hyper::client::conn::http1::SendRequest<Body>>>,
+}
+
+impl Submitter {
+    fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+        let uri: hyper::Uri = base.parse().context("parsing the ingress URL")?;
+        anyhow::ensure!(
+            uri.scheme_str() == Some("http"),
+            "the load generator speaks plain HTTP to ingress, not {base}"
+        );
+        let authority = uri
+            .authority()
+            .context("the ingress URL has no host")?
+            .to_string();
+        let authority = if authority.contains(':') {
+            authority
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(Self {
+            host: hyper::header::HeaderValue::from_str(&authority)?,
+            authorization: hyper::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("the token is not a valid header value")?,
+            authority,
+            idle: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    async fn connection(&self) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Body>> {
+        loop {
+            let idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop();
+            match idle {
+                Some(c) if !c.is_closed() => return Ok(c),
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let stream = tokio::net::TcpStream::connect(&self.authority).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// `POST path` with a JSON body → (status, body). `Err` only when no answer came back.
+    async fn post_json(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<(u16, hyper::body::Bytes)> {
+        use http_body_util::BodyExt;
+        let mut sender = self.connection().await?;
+        sender.ready().await?;
+        let request = hyper::Request::post(path)
+            .header(hyper::header::HOST, self.host.clone())
+            .header(hyper::header::AUTHORIZATION, self.authorization.clone())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Body::new(body.into()))?;
+        let response = tokio::time::timeout(Duration::from_secs(60), async {
+            let response = sender.send_request(request).await?;
+            let status = response.status().as_u16();
+            let bytes = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, bytes))
+        })
+        .await
+        .context("no answer within 60 s")??;
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(sender);
+        Ok(response)
+    }
 }
 
 impl Api {
@@ -80,9 +173,11 @@ impl Api {
             .timeout(Duration::from_secs(60))
             .build()
             .context("building the HTTP client")?;
+        let base = base.trim_end_matches('/').to_owned();
         Ok(Self {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            submitter: std::sync::Arc::new(Submitter::new(&base, token)?),
+            base,
             payment_secret,
         })
     }
@@ -98,19 +193,16 @@ impl Api {
         patient_id: Uuid,
         practitioner_id: Uuid,
         slot_start: DateTime<Utc>,
-    ) -> reqwest::Result<Submitted> {
-        let res = self
-            .http
-            .post(format!("{}/v1/booking-requests", self.base))
-            .json(&SubmitBody {
-                patient_id,
-                practitioner_id,
-                slot_start,
-            })
-            .send()
+    ) -> anyhow::Result<Submitted> {
+        let body = serde_json::to_vec(&SubmitBody {
+            patient_id,
+            practitioner_id,
+            slot_start,
+        })?;
+        let (status, bytes) = self
+            .submitter
+            .post_json("/v1/booking-requests", body)
             .await?;
-        let status = res.status().as_u16();
-        let bytes = res.bytes().await?;
         let answer: Option<Answer> = serde_json::from_slice(&bytes).ok();
         Ok(Submitted {
             status,
