@@ -798,6 +798,44 @@ async fn a_hold_committed_on_the_old_hours_after_a_change_is_listed_as_a_conflic
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_decide_on_new_hours_after_deciding_on_the_old_ones() {
+    // The workers remember the schedules they read; a change of hours must still reach them.
+    let app = spawn(Options::default()).await;
+    let (_, pid) = app.practitioner_in("FR").await;
+    let patient = app.patient().await;
+    let hours = |start: &str, end: &str| {
+        let weekly: Vec<Value> = (1..=7)
+            .map(|d| json!({"weekday": d, "start": start, "end": end}))
+            .collect();
+        json!({"weekly": weekly})
+    };
+    let (s, b) = app
+        .put(
+            &format!("/v1/practitioners/{pid}/hours"),
+            &hours("08:00", "12:00"),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    // A morning hold: the workers now know the morning-only hours.
+    app.hold(patient, pid, slot(3, 9 * 60)).await;
+    let (s, b) = app
+        .put(
+            &format!("/v1/practitioners/{pid}/hours"),
+            &hours("14:00", "18:00"),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    // An afternoon slot, outside the hours the workers saw first: held on the new ones.
+    for day in [4, 5] {
+        let (s, r) = app.submit(patient, pid, slot(day, 15 * 60)).await;
+        assert_eq!(s, 202, "{r}");
+        let d = app.decision(id_of(&r), Duration::from_secs(20)).await;
+        assert_eq!(d["status"], "held", "{d}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exception_may_give_several_periods_for_one_date() {
     let app = spawn(Options::default()).await;
     let (_, pid) = app.practitioner_in("FR").await;

@@ -228,6 +228,7 @@ pub async fn run(
         fast: FastPath::new(redis.clone(), &config.redis_namespace),
         metrics: metrics.clone(),
         config: config.clone(),
+        seen: hold_batcher::Seen::default(),
     });
     let name = worker_name();
     let outbound = outbound::start(&config, metrics.clone(), shutdown.clone(), &name)
