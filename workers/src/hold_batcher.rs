@@ -1,12 +1,13 @@
 //! The group-commit batcher.
 //!
-//! apalis runs up to `WORKER_CONCURRENCY` job handlers at once; each hands its job to the
-//! batcher and waits. `BATCH_COMMITTERS` committer tasks take turns at the queue: one gathers
-//! up to `BATCH_MAX` jobs (or whatever arrived within `BATCH_LINGER_MS` of the first), then
-//! decides them in one transaction (`slotq_common::db::holds::commit_batch`) while the next
-//! committer gathers the following batch. A handler returns, and apalis acknowledges its job,
-//! only after the decision committed; if the process dies first, the job is redelivered and the
-//! recorded decision (if any) is returned again.
+//! apalis runs up to `WORKER_CONCURRENCY` job handlers at once; each hands its job's booking
+//! requests (one job carries what ingress admitted in one call) to the batcher and waits.
+//! `BATCH_COMMITTERS` committer tasks take turns at the queue: one gathers up to `BATCH_MAX`
+//! requests (or whatever arrived within `BATCH_LINGER_MS` of the first), then decides them in
+//! one transaction (`slotq_common::db::holds::commit_batch`) while the next committer gathers
+//! the following batch. A handler returns, and apalis acknowledges its job, only after every
+//! one of its requests' decisions committed; if the process dies first, the job is redelivered
+//! and the recorded decisions are returned again.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -29,7 +30,7 @@ use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
-/// A job waiting for its batch.
+/// A booking request waiting for its batch.
 struct Pending {
     job: HoldJob,
     done: oneshot::Sender<Result<(), String>>,

@@ -239,7 +239,7 @@ pub async fn run(
         tracing::warn!(
             concurrency = config.worker_concurrency,
             batch_max = config.batch_max,
-            "WORKER_CONCURRENCY is below BATCH_MAX: batches can never fill (set it to at least BATCH_MAX)"
+            "WORKER_CONCURRENCY is below BATCH_MAX: batches fill only when ingress groups requests into jobs, i.e. under load (set it to at least BATCH_MAX)"
         );
     }
     supervise(&config, &redis, batcher, &metrics, &shutdown, name).await;
