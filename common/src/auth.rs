@@ -192,7 +192,26 @@ pub struct Verifier {
     hs256: Option<DecodingKey>,
     jwks: Mutex<Jwks>,
     http: reqwest::Client,
+    verified: Mutex<HashMap<String, Verified>>,
 }
+
+/// A token that passed every check, remembered so the next request with the same token (a
+/// client sends one many times) skips the signature and the claims' decoding: that was a
+/// fifth of ingress' instructions per submission (callgrind, loadtest/README.md change 17).
+/// What depends on the clock (`exp`, `nbf`) is checked again on every use, and an entry is
+/// dropped after [`VERIFIED_FOR`], so a key removed from the JWKS is honoured no longer than
+/// that beyond what the JWKS cache already allows.
+struct Verified {
+    principal: Principal,
+    exp: i64,
+    nbf: Option<i64>,
+    at: std::time::Instant,
+}
+
+/// How long a verified token is remembered.
+const VERIFIED_FOR: Duration = Duration::from_secs(60);
+/// Tokens remembered at most (the map starts over above it).
+const VERIFIED_MAX: usize = 10_000;
 
 const JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
 
@@ -211,7 +230,23 @@ impl Verifier {
                 loaded: None,
             }),
             http: reqwest::Client::new(),
+            verified: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// `exp` and `nbf` against the clock, with the configured leeway.
+    fn check_times(&self, exp: i64, nbf: Option<i64>) -> Result<(), AuthError> {
+        let now = chrono::Utc::now().timestamp();
+        let leeway = i64::try_from(self.config.leeway.as_secs()).unwrap_or(i64::MAX);
+        if exp < now.saturating_sub(leeway) {
+            return Err(AuthError::Invalid("the token has expired".into()));
+        }
+        if nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+            return Err(AuthError::Invalid(
+                "the token is not valid yet (nbf)".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn validation(&self, alg: Algorithm) -> Validation {
@@ -241,6 +276,36 @@ impl Verifier {
 
     /// Verifies a token.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let remembered = {
+            let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            verified
+                .get(token)
+                .filter(|v| v.at.elapsed() < VERIFIED_FOR)
+                .map(|v| (v.principal.clone(), v.exp, v.nbf))
+        };
+        if let Some((principal, exp, nbf)) = remembered {
+            self.check_times(exp, nbf)?;
+            return Ok(principal);
+        }
+        let (principal, exp, nbf) = self.verify_fully(token).await?;
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= VERIFIED_MAX {
+            verified.clear();
+        }
+        verified.insert(
+            token.to_owned(),
+            Verified {
+                principal: principal.clone(),
+                exp,
+                nbf,
+                at: std::time::Instant::now(),
+            },
+        );
+        Ok(principal)
+    }
+
+    /// Verifies a token's signature and claims; also returns its `exp` and `nbf`.
+    async fn verify_fully(&self, token: &str) -> Result<(Principal, i64, Option<i64>), AuthError> {
         let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let (key, alg) = match header.alg {
             Algorithm::HS256 => match &self.hs256 {
@@ -272,16 +337,7 @@ impl Verifier {
         let data = decode::<Claims>(token, &key, &self.validation(alg))
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let c = data.claims;
-        let now = chrono::Utc::now().timestamp();
-        let leeway = i64::try_from(self.config.leeway.as_secs()).unwrap_or(i64::MAX);
-        if c.exp < now.saturating_sub(leeway) {
-            return Err(AuthError::Invalid("the token has expired".into()));
-        }
-        if c.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
-            return Err(AuthError::Invalid(
-                "the token is not valid yet (nbf)".into(),
-            ));
-        }
+        self.check_times(c.exp, c.nbf)?;
         match (c.role, c.clinic_id, c.patient_id) {
             (Role::ClinicAdmin, None, _) => {
                 return Err(AuthError::Invalid(
@@ -299,12 +355,16 @@ impl Verifier {
             // The subject is the audit actor and the idempotency scope: it must name someone.
             return Err(AuthError::Invalid("token has an empty sub".into()));
         }
-        Ok(Principal {
-            sub: c.sub,
-            role: c.role,
-            clinic_id: c.clinic_id,
-            patient_id: c.patient_id,
-        })
+        Ok((
+            Principal {
+                sub: c.sub,
+                role: c.role,
+                clinic_id: c.clinic_id,
+                patient_id: c.patient_id,
+            },
+            c.exp,
+            c.nbf,
+        ))
     }
 
     async fn jwks_key(&self, kid: &str) -> Result<(DecodingKey, Algorithm), AuthError> {
@@ -410,6 +470,30 @@ mod tests {
             audience: "slotq-api".into(),
             leeway: Duration::from_secs(5),
         }
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_still_expires_and_only_that_exact_token_is_remembered() {
+        let c = AuthConfig {
+            leeway: Duration::ZERO,
+            ..config()
+        };
+        let v = Verifier::new(c.clone());
+        let token = mint_hs256(
+            "s3cret",
+            &claims(&c, Role::Ops, "ann", None, None, Duration::from_secs(1)),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&token).await.unwrap().sub, "ann");
+        assert_eq!(v.verify(&token).await.unwrap().sub, "ann", "from memory");
+        // The same claims with a broken signature: not the remembered token.
+        let (head, sig) = token.rsplit_once('.').unwrap();
+        let flipped = if sig.starts_with('A') { 'B' } else { 'A' };
+        let forged = format!("{head}.{flipped}{}", &sig[1..]);
+        assert!(v.verify(&forged).await.is_err());
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let err = v.verify(&token).await.unwrap_err();
+        assert!(err.to_string().contains("expired"), "{err}");
     }
 
     #[tokio::test]
