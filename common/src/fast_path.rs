@@ -97,8 +97,10 @@ return out
 /// One request for [`FastPath::admit_many`].
 #[derive(Clone, Debug)]
 pub struct AdmitItem {
-    /// Its `queued` view (the status stored for polling).
+    /// Its `queued` view.
     pub view: RequestView,
+    /// The view as JSON: the status stored for polling.
+    pub status_json: String,
     /// The caller-scoped Idempotency-Key, if any.
     pub idempotency_key: Option<String>,
     /// The body's identity for idempotency.
@@ -180,7 +182,7 @@ impl FastPath {
             inv.key(idem).key(self.keys.request(view.id)).key(avail);
             inv.arg(&item.body_hash)
                 .arg(view.id.to_string())
-                .arg(serde_json::to_string(view).map_err(json_err)?)
+                .arg(&item.status_json)
                 .arg(availability_bit(view.slot_start))
                 .arg(serde_json::to_vec(&item.job).map_err(json_err)?)
                 .arg(crate::queue::HoldQueue::task_id(item.job.request_id));

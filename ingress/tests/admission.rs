@@ -124,6 +124,7 @@ fn item(
             actor: None,
             actor_role: None,
         },
+        status_json: serde_json::to_string(&view).unwrap(),
         view,
         idempotency_key: key.map(str::to_owned),
         body_hash: hash.into(),

@@ -286,8 +286,9 @@ pub async fn reschedule(
         slot_start: body.slot_start,
         reschedule: Some(id),
     };
-    let (view, _) = enqueue(&s, request, key, &hash, trace).await?;
-    Ok(accepted(view))
+    Ok(enqueue(&s, request, key, &hash, trace)
+        .await?
+        .into_accepted())
 }
 
 /// "a" or "an" before `word` (by its first letter, enough for the status names).
