@@ -192,9 +192,10 @@ pub fn layered(routes: Router<AppState>, state: AppState) -> Router {
         // dropping the connection.
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
-        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), declared_length))
-        .layer(middleware::from_fn_with_state(state.clone(), track))
+        // Metrics, the declared-length check and the time limit, in that order from the
+        // outside, in one middleware: each `from_fn` layer clones and boxes the service
+        // inside it for every request.
+        .layer(middleware::from_fn_with_state(state.clone(), edge))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         // The same for a panic in the middleware above.
         .layer(CatchPanicLayer::custom(panic_response))
@@ -268,32 +269,9 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
     )))
 }
 
-/// 413 at once when the declared `Content-Length` exceeds `MAX_BODY_BYTES`: without it the
-/// body limit only trips on bytes that arrive, and a client declaring more than it sends
-/// holds the request until the time limit. Chunked bodies keep the streaming limit
-/// ([`DefaultBodyLimit`]).
-async fn declared_length(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let declared = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > state.config.max_body_bytes as u64) {
-        // The body is not read, so the connection cannot carry another request: say so, or a
-        // keep-alive client reuses it and its next request fails.
-        let mut res = axum::response::IntoResponse::into_response(error::ApiError::PayloadTooLarge);
-        res.headers_mut().insert(
-            axum::http::header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
-        return res;
-    }
-    next.run(req).await
-}
-
 /// Counts and times every request by route template (not raw path: ids would explode the
-/// label set).
-async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// label set), around [`declared_length`] and [`time_limit`].
+async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -301,7 +279,10 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().as_str().to_owned();
     let started = Instant::now();
-    let res = next.run(req).await;
+    let res = match declared_length(&state, &req) {
+        Some(too_large) => too_large,
+        None => time_limit(&state, req, next).await,
+    };
     let m = &state.metrics;
     m.http_requests
         .with_label_values(&[&route, &method, res.status().as_str()])
@@ -312,8 +293,31 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
     res
 }
 
+/// 413 at once when the declared `Content-Length` exceeds `MAX_BODY_BYTES`: without it the
+/// body limit only trips on bytes that arrive, and a client declaring more than it sends
+/// holds the request until the time limit. Chunked bodies keep the streaming limit
+/// ([`DefaultBodyLimit`]).
+fn declared_length(state: &AppState, req: &Request) -> Option<Response> {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if !declared.is_some_and(|n| n > state.config.max_body_bytes as u64) {
+        return None;
+    }
+    // The body is not read, so the connection cannot carry another request: say so, or a
+    // keep-alive client reuses it and its next request fails.
+    let mut res = axum::response::IntoResponse::into_response(error::ApiError::PayloadTooLarge);
+    res.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    Some(res)
+}
+
 /// Bounds every request's time (`REQUEST_TIMEOUT_SECS`); long-polls get their wait on top.
-async fn time_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn time_limit(state: &AppState, req: Request, next: Next) -> Response {
     let long_poll = req.method() == axum::http::Method::GET
         && req.uri().path().starts_with("/v1/booking-requests/");
     let limit = if long_poll {
