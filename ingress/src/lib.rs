@@ -303,7 +303,7 @@ fn declared_length(state: &AppState, req: &Request) -> Option<Response> {
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if !declared.is_some_and(|n| n > state.config.max_body_bytes as u64) {
+    if declared.is_none_or(|n| n <= state.config.max_body_bytes as u64) {
         return None;
     }
     // The body is not read, so the connection cannot carry another request: say so, or a
