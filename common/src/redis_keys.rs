@@ -37,13 +37,13 @@ impl Keys {
 
     /// [`availability`](Self::availability) by UTC date.
     pub fn availability_day(&self, practitioner: Uuid, day: NaiveDate) -> String {
-        format!("{}:avail:{practitioner}:{}", self.ns, day.format("%Y%m%d"))
+        format!("{}:avail:{practitioner}:{}", self.ns, Ymd(day))
     }
 
     /// Change counter of an availability bitmap: every change increments it in the same
     /// MULTI, so a rebuild can compare-and-set (see `fast_path::FastPath::store_rebuilt`).
     pub fn availability_version(&self, practitioner: Uuid, day: NaiveDate) -> String {
-        format!("{}:availv:{practitioner}:{}", self.ns, day.format("%Y%m%d"))
+        format!("{}:availv:{practitioner}:{}", self.ns, Ymd(day))
     }
 
     /// Booking requests accepted and not yet decided (a counter next to the hold queue, whose
@@ -56,6 +56,23 @@ impl Keys {
     /// Pub/sub channel announcing decided request ids (comma-separated).
     pub fn decided_channel(&self) -> String {
         format!("{}:decided", self.ns)
+    }
+}
+
+/// A date as `YYYYMMDD`, written directly (chrono's `format` parses its pattern every time,
+/// and the workers write two such keys per decision).
+struct Ymd(NaiveDate);
+
+impl std::fmt::Display for Ymd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use chrono::Datelike;
+        write!(
+            f,
+            "{:04}{:02}{:02}",
+            self.0.year(),
+            self.0.month(),
+            self.0.day()
+        )
     }
 }
 
@@ -109,6 +126,10 @@ mod tests {
             .with_timezone(&Utc);
         assert_eq!(k.request(id), format!("t1:req:{id}"));
         assert_eq!(k.availability(id, at), format!("t1:avail:{id}:20260504"));
+        assert_eq!(
+            k.availability_version(id, at.date_naive()),
+            format!("t1:availv:{id}:20260504")
+        );
         assert_eq!(availability_bit(at), 570);
         assert!(k.idempotency("abc").starts_with("t1:idem:"));
         let a = idempotency_scope("patient", "alice", "key-1");

@@ -132,7 +132,13 @@ impl Dispatcher {
             tx.commit().await.context("commit")?;
             return Ok(0);
         };
-        let claimed = outbox::undispatched_after(&mut tx, &cursor, self.outbox.batch)
+        let routes = webhooks::active_routes(&mut tx)
+            .await
+            .context("reading subscriptions")?;
+        let mut wanted: Vec<String> = routes.iter().flat_map(|r| r.events.clone()).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let claimed = outbox::undispatched_after(&mut tx, &cursor, self.outbox.batch, &wanted)
             .await
             .context("reading outbox rows")?;
         let Some(last) = claimed.last().map(|u| u.at.clone()) else {
@@ -140,9 +146,6 @@ impl Dispatcher {
             return Ok(0);
         };
         let rows: Vec<_> = claimed.into_iter().map(|u| u.event).collect();
-        let routes = webhooks::active_routes(&mut tx)
-            .await
-            .context("reading subscriptions")?;
         let mut deliveries = Vec::new();
         for row in &rows {
             let mut body = None;

@@ -609,7 +609,7 @@ async fn the_dispatch_cursor_never_passes_a_row_whose_transaction_is_still_runni
             .await
             .unwrap()
             .unwrap();
-        let rows = outbox::undispatched_after(&mut tx, &cursor, 100)
+        let rows = outbox::undispatched_after(&mut tx, &cursor, 100, &["booking.held".into()])
             .await
             .unwrap();
         if let Some(last) = rows.last() {
