@@ -163,6 +163,13 @@ impl Metrics {
                 .unwrap_or_else(|e| unreachable!("{e}"));
             c
         };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("{e}"));
+            registry
+                .register(Box::new(g.clone()))
+                .unwrap_or_else(|e| unreachable!("{e}"));
+            g
+        };
         let latency = LATENCY_BUCKETS.to_vec();
 
         Metrics {
@@ -215,39 +222,18 @@ impl Metrics {
                 "Jobs in the hold queue by state.",
                 &["state"],
             ),
-            queue_pending_requests: {
-                let g = IntGauge::new(
-                    "slotq_queue_pending_requests",
-                    "Booking requests accepted and not yet decided (a job carries up to 64).",
-                )
-                .unwrap_or_else(|e| unreachable!("{e}"));
-                registry
-                    .register(Box::new(g.clone()))
-                    .unwrap_or_else(|e| unreachable!("{e}"));
-                g
-            },
-            queue_oldest_age: {
-                let g = IntGauge::new(
-                    "slotq_queue_oldest_ready_age_seconds",
-                    "Age of the oldest job waiting for a worker.",
-                )
-                .unwrap_or_else(|e| unreachable!("{e}"));
-                registry
-                    .register(Box::new(g.clone()))
-                    .unwrap_or_else(|e| unreachable!("{e}"));
-                g
-            },
-            queue_max_depth: {
-                let g = IntGauge::new(
-                    "slotq_queue_max_depth",
-                    "Pending booking requests above which ingress sheds load (MAX_QUEUE_DEPTH).",
-                )
-                .unwrap_or_else(|e| unreachable!("{e}"));
-                registry
-                    .register(Box::new(g.clone()))
-                    .unwrap_or_else(|e| unreachable!("{e}"));
-                g
-            },
+            queue_pending_requests: gauge(
+                "slotq_queue_pending_requests",
+                "Booking requests accepted and not yet decided (a job carries up to 64).",
+            ),
+            queue_oldest_age: gauge(
+                "slotq_queue_oldest_ready_age_seconds",
+                "Age of the oldest job waiting for a worker.",
+            ),
+            queue_max_depth: gauge(
+                "slotq_queue_max_depth",
+                "Pending booking requests above which ingress sheds load (MAX_QUEUE_DEPTH).",
+            ),
             holds_expired: counter(
                 "slotq_holds_expired_total",
                 "Holds expired by the scheduler.",
@@ -310,17 +296,10 @@ impl Metrics {
                 "Database pool connections by state.",
                 &["state"],
             ),
-            shutting_down: {
-                let g = IntGauge::new(
-                    "slotq_shutting_down",
-                    "1 while the process drains before exit.",
-                )
-                .unwrap_or_else(|e| unreachable!("{e}"));
-                registry
-                    .register(Box::new(g.clone()))
-                    .unwrap_or_else(|e| unreachable!("{e}"));
-                g
-            },
+            shutting_down: gauge(
+                "slotq_shutting_down",
+                "1 while the process drains before exit.",
+            ),
             registry,
         }
     }

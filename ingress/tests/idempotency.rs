@@ -38,16 +38,7 @@ fn booking_body(patient: Uuid, practitioner: Uuid, at: DateTime<Utc>) -> Value {
 
 /// Opening hours every day `start`–`end` (UTC).
 async fn hours(app: &TestApp, practitioner: Uuid, start: &str, end: &str) {
-    let weekly: Vec<Value> = (1..=7)
-        .map(|d| json!({"weekday": d, "start": start, "end": end}))
-        .collect();
-    let (s, v) = app
-        .put(
-            &format!("/v1/practitioners/{practitioner}/hours"),
-            &json!({"weekly": weekly}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
+    app.daily_hours(practitioner, start, end).await;
 }
 
 /// Drops the cached status, so the next poll reads PostgreSQL.

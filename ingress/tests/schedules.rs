@@ -803,28 +803,10 @@ async fn the_workers_decide_on_new_hours_after_deciding_on_the_old_ones() {
     let app = spawn(Options::default()).await;
     let (_, pid) = app.practitioner_in("FR").await;
     let patient = app.patient().await;
-    let hours = |start: &str, end: &str| {
-        let weekly: Vec<Value> = (1..=7)
-            .map(|d| json!({"weekday": d, "start": start, "end": end}))
-            .collect();
-        json!({"weekly": weekly})
-    };
-    let (s, b) = app
-        .put(
-            &format!("/v1/practitioners/{pid}/hours"),
-            &hours("08:00", "12:00"),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
+    app.daily_hours(pid, "08:00", "12:00").await;
     // A morning hold: the workers now know the morning-only hours.
     app.hold(patient, pid, slot(3, 9 * 60)).await;
-    let (s, b) = app
-        .put(
-            &format!("/v1/practitioners/{pid}/hours"),
-            &hours("14:00", "18:00"),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
+    app.daily_hours(pid, "14:00", "18:00").await;
     // An afternoon slot, outside the hours the workers saw first: held on the new ones.
     for day in [4, 5] {
         let (s, r) = app.submit(patient, pid, slot(day, 15 * 60)).await;

@@ -263,17 +263,22 @@ impl TestApp {
             .await;
         assert_eq!(s, 201, "{p}");
         let practitioner_id = id_of(&p);
+        self.daily_hours(practitioner_id, "00:00", "23:30").await;
+        (clinic_id, practitioner_id)
+    }
+
+    /// Replaces a practitioner's hours with `start`–`end` (local time) every day.
+    pub async fn daily_hours(&self, practitioner: Uuid, start: &str, end: &str) {
         let weekly: Vec<Value> = (1..=7)
-            .map(|d| json!({"weekday": d, "start": "00:00", "end": "23:30"}))
+            .map(|d| json!({"weekday": d, "start": start, "end": end}))
             .collect();
         let (s, h) = self
             .put(
-                &format!("/v1/practitioners/{practitioner_id}/hours"),
+                &format!("/v1/practitioners/{practitioner}/hours"),
                 &json!({"weekly": weekly}),
             )
             .await;
         assert_eq!(s, 200, "{h}");
-        (clinic_id, practitioner_id)
     }
 
     /// Creates another patient.
