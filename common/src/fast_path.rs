@@ -53,10 +53,13 @@ fn replay_of(record: &str, body_hash: &str) -> Admission {
 
 // Atomic admission of several requests (one call of the ingress admitter), in order; for
 // each: idempotency replay first (a replay must answer like the original even if the slot has
-// been taken since), then the availability pre-check, then the idempotency record and the
-// `queued` status together, so a replay never sees a key without a status. Then the admitted
-// requests are queued as one job (`queue::PUSH_FN_LUA`, `queue::HoldTask`), in the same
-// atomic script. A later request of the same call sees an earlier one's idempotency record.
+// been taken since), then the availability pre-check. A later request of the same call with
+// the same idempotency key is a replay of the earlier one. Then the admitted requests are
+// queued as one job (`queue::PUSH_FN_LUA`, `queue::HoldTask`), and only after that are their
+// idempotency records and `queued` statuses written: Redis does not undo a script that fails
+// half-way, and a record written before a failed push would answer the client's retry as a
+// replay of a request that was never queued (accepted, never decided). Written after it, a
+// failure leaves nothing a retry could mistake for an admission.
 // KEYS: 1-5 the hold queue's keys (`HoldQueue::keys`), then 3 per request: idempotency key
 //       ("" if none), request status key, availability key ("" = no check)
 // ARGV: 1 ttl seconds, 2 max attempts, then 6 per request: body hash, request id, status
@@ -64,23 +67,21 @@ fn replay_of(record: &str, body_hash: &str) -> Admission {
 // Returns 2 per request: verdict ('ok', 'replay' or 'taken') and the prior record.
 const ADMIT_LUA: &str = r#"
 local n = (#KEYS - 5) / 3
-local out, jobs, task = {}, {}, nil
+local out, jobs, admitted, task, recorded = {}, {}, {}, nil, {}
 for i = 0, n - 1 do
-  local idem, status, avail = KEYS[6 + 3 * i], KEYS[7 + 3 * i], KEYS[8 + 3 * i]
+  local idem, avail = KEYS[6 + 3 * i], KEYS[8 + 3 * i]
   local a = 3 + 6 * i
   local verdict, prior = 'ok', ''
   if idem ~= '' then
-    local p = redis.call('GET', idem)
+    local p = recorded[idem] or redis.call('GET', idem)
     if p then verdict, prior = 'replay', p end
   end
   if verdict == 'ok' and avail ~= '' and redis.call('GETBIT', avail, tonumber(ARGV[a + 3])) == 1 then
     verdict = 'taken'
   end
   if verdict == 'ok' then
-    if idem ~= '' then
-      redis.call('SET', idem, ARGV[a] .. '|' .. ARGV[a + 1], 'EX', ARGV[1])
-    end
-    redis.call('SET', status, ARGV[a + 2], 'EX', ARGV[1])
+    if idem ~= '' then recorded[idem] = ARGV[a] .. '|' .. ARGV[a + 1] end
+    admitted[#admitted + 1] = i
     jobs[#jobs + 1] = ARGV[a + 4]
     task = task or ARGV[a + 5]
   end
@@ -90,6 +91,11 @@ end
 if task then
   push_hold(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], task,
     '{"holds":[' .. table.concat(jobs, ',') .. ']}', #jobs, ARGV[2])
+end
+for _, i in ipairs(admitted) do
+  local idem, a = KEYS[6 + 3 * i], 3 + 6 * i
+  if idem ~= '' then redis.call('SET', idem, ARGV[a] .. '|' .. ARGV[a + 1], 'EX', ARGV[1]) end
+  redis.call('SET', KEYS[7 + 3 * i], ARGV[a + 2], 'EX', ARGV[1])
 end
 return out
 "#;

@@ -208,3 +208,66 @@ async fn one_call_judges_idempotency_and_the_precheck_request_by_request() {
     assert_eq!(fast.admit_many(&[], &queue).await.unwrap(), vec![]);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_admission_leaves_nothing_that_a_retry_could_take_for_an_admission() {
+    let app = spawn(no_workers()).await;
+    let fx = app.fixture().await;
+    let mut conn = app.redis.clone();
+    // The ready list under another type: the push inside the admission script fails half-way
+    // (Redis does not undo what a script did before its error).
+    let ready = apalis_config(&app.config).active_jobs_list();
+    let _: () = redis::cmd("SET")
+        .arg(&ready)
+        .arg("not a list")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let body = serde_json::json!({
+        "patient_id": fx.patient_id,
+        "practitioner_id": fx.practitioner_id,
+        "slot_start": slot(2, 9 * 60).to_rfc3339(),
+    });
+    let submit = || {
+        app.http
+            .post(format!("{}/v1/booking-requests", app.base))
+            .header("idempotency-key", "retry-me")
+            .json(&body)
+            .send()
+    };
+    let res = submit().await.unwrap();
+    assert_eq!(res.status(), 503);
+    let ns = &app.config.redis_namespace;
+    for pattern in [format!("{ns}:idem:*"), format!("{ns}:req:*")] {
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "{pattern}: {left:?}");
+    }
+    // Redis is right again: the retry with the same key is a new request, and it is queued.
+    let _: () = redis::cmd("DEL")
+        .arg(&ready)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let res = submit().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let id = id_of(&res.json().await.unwrap());
+    let queued: Vec<Uuid> = queued_tasks(&app)
+        .await
+        .into_values()
+        .flat_map(|t| t.holds.into_iter().map(|j| j.request_id))
+        .collect();
+    assert!(queued.contains(&id), "{id} is not queued: {queued:?}");
+    let listed: Vec<String> = redis::cmd("LRANGE")
+        .arg(&ready)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(listed, vec![HoldQueue::task_id(id)]);
+    app.stop().await;
+}
