@@ -237,6 +237,8 @@ async fn a_failed_admission_leaves_nothing_that_a_retry_could_take_for_an_admiss
     };
     let res = submit().await.unwrap();
     assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    assert!(res.headers().contains_key("retry-after"));
     let ns = &app.config.redis_namespace;
     for pattern in [format!("{ns}:idem:*"), format!("{ns}:req:*")] {
         let left: Vec<String> = redis::cmd("KEYS")
