@@ -100,21 +100,18 @@ end
 return out
 "#;
 
-/// One request for [`FastPath::admit_many`].
+/// One request for [`FastPath::admit_many`]: its job (which names the request, its slot and
+/// its caller-scoped Idempotency-Key) and what the admission writes or checks beside it.
 #[derive(Clone, Debug)]
 pub struct AdmitItem {
-    /// Its `queued` view.
-    pub view: RequestView,
-    /// The view as JSON: the status stored for polling.
+    /// Its job.
+    pub job: crate::queue::HoldJob,
+    /// Its `queued` view as JSON: the status stored for polling.
     pub status_json: String,
-    /// The caller-scoped Idempotency-Key, if any.
-    pub idempotency_key: Option<String>,
     /// The body's identity for idempotency.
     pub body_hash: String,
     /// Whether to refuse it when the availability bitmap shows the slot taken.
     pub precheck: bool,
-    /// Its job.
-    pub job: crate::queue::HoldJob,
 }
 
 /// Redis operations of the fast path, for one namespace.
@@ -157,8 +154,8 @@ impl FastPath {
     }
 
     /// Registers submissions (see [`Admission`], one per item, in order) and queues the
-    /// admitted ones as one job, in one atomic script (one round trip, nothing to undo on
-    /// failure).
+    /// admitted ones as one job, in one atomic script (one round trip; a failure leaves no
+    /// idempotency record or status behind, see `ADMIT_LUA`).
     pub async fn admit_many(
         &self,
         items: &[&AdmitItem],
@@ -173,25 +170,26 @@ impl FastPath {
         }
         inv.arg(REMEMBER.as_secs()).arg(crate::queue::MAX_ATTEMPTS);
         for item in items {
-            let view = &item.view;
-            let idem = item
+            let job = &item.job;
+            let idem = job
                 .idempotency_key
                 .as_deref()
                 .map(|k| self.keys.idempotency(k))
                 .unwrap_or_default();
             let avail = if item.precheck {
-                self.keys
-                    .availability(view.practitioner_id, view.slot_start)
+                self.keys.availability(job.practitioner_id, job.slot_start)
             } else {
                 String::new()
             };
-            inv.key(idem).key(self.keys.request(view.id)).key(avail);
+            inv.key(idem)
+                .key(self.keys.request(job.request_id))
+                .key(avail);
             inv.arg(&item.body_hash)
-                .arg(view.id.to_string())
+                .arg(job.request_id.to_string())
                 .arg(&item.status_json)
-                .arg(availability_bit(view.slot_start))
-                .arg(serde_json::to_vec(&item.job).map_err(json_err)?)
-                .arg(crate::queue::HoldQueue::task_id(item.job.request_id));
+                .arg(availability_bit(job.slot_start))
+                .arg(serde_json::to_vec(job).map_err(json_err)?)
+                .arg(crate::queue::HoldQueue::task_id(job.request_id));
         }
         let flat: Vec<String> = inv.invoke_async(&mut self.conn.clone()).await?;
         if flat.len() != items.len() * 2 {

@@ -10,7 +10,6 @@ pub mod auth;
 pub mod decisions;
 pub mod error;
 pub mod extract;
-pub mod lookup;
 pub mod openapi;
 pub mod routes;
 
@@ -69,12 +68,12 @@ pub struct Shared {
     /// Admits submissions and queues them, several per Redis call.
     pub admitter: admitter::Admitter,
     /// Cached validation look-ups.
-    pub lookup: lookup::Lookup,
+    pub lookup: slotq_common::lookup::Lookup,
     /// Decided request ids announced by the workers.
     pub decided: decisions::Decided,
     /// Booking requests accepted and not yet decided, refreshed in the background (load
     /// shedding).
-    pub queue_ready: Arc<AtomicU64>,
+    pub pending_requests: Arc<AtomicU64>,
     /// Metrics of this process.
     pub metrics: Arc<Metrics>,
     /// Set when the process drains.
@@ -135,14 +134,14 @@ impl AppState {
         let (decided, _) = tokio::sync::broadcast::channel(8192);
         decisions::listen(client, fast.keys().decided_channel(), decided.clone());
         let state = AppState(Arc::new(Shared {
-            lookup: lookup::Lookup::new(pool.clone()),
+            lookup: slotq_common::lookup::Lookup::new(pool.clone()),
             config: Arc::new(config),
             pool,
             redis,
             fast,
             admitter,
             decided,
-            queue_ready: Arc::new(AtomicU64::new(0)),
+            pending_requests: Arc::new(AtomicU64::new(0)),
             metrics: Arc::new(Metrics::for_component(
                 slotq_common::metrics::Component::Ingress,
             )),
@@ -168,7 +167,7 @@ impl AppState {
                 match slotq_common::queue::depth(&mut conn, &state.config).await {
                     Ok(d) => {
                         state
-                            .queue_ready
+                            .pending_requests
                             .store(d.pending_requests, Ordering::Relaxed);
                         state.metrics.observe_queue(&d);
                     }

@@ -125,8 +125,6 @@ fn item(
             actor_role: None,
         },
         status_json: serde_json::to_string(&view).unwrap(),
-        view,
-        idempotency_key: key.map(str::to_owned),
         body_hash: hash.into(),
         precheck: true,
     }
@@ -162,11 +160,11 @@ async fn one_call_judges_idempotency_and_the_precheck_request_by_request() {
         vec![
             Admission::Admitted,
             Admission::Replay {
-                request_id: first.view.id,
+                request_id: first.job.request_id,
                 same_body: true
             },
             Admission::Replay {
-                request_id: first.view.id,
+                request_id: first.job.request_id,
                 same_body: false
             },
             Admission::SlotTaken,
@@ -182,18 +180,18 @@ async fn one_call_judges_idempotency_and_the_precheck_request_by_request() {
         vec![first.job.clone(), plain.job.clone()],
         "the admitted requests, in order"
     );
-    for (view, cached) in [
-        (&first.view, true),
-        (&retry.view, false),
-        (&other_body.view, false),
-        (&refused.view, false),
-        (&plain.view, true),
+    for (item, cached) in [
+        (&first, true),
+        (&retry, false),
+        (&other_body, false),
+        (&refused, false),
+        (&plain, true),
     ] {
+        let id = item.job.request_id;
         assert_eq!(
-            fast.status(view.id).await.unwrap().is_some(),
+            fast.status(id).await.unwrap().is_some(),
             cached,
-            "status of {}",
-            view.id
+            "status of {id}"
         );
     }
     let d = slotq_common::queue::depth(&mut conn, &app.config)

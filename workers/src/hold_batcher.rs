@@ -10,7 +10,6 @@
 //! and the recorded decisions are returned again.
 
 use std::{
-    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -18,17 +17,14 @@ use std::{
 use chrono::Utc;
 use slotq_common::{
     config::Config,
-    db::{
-        directory::{self, PractitionerSchedule},
-        holds::{self, BatchError, Decided, HoldInput, Verdict},
-    },
+    db::holds::{self, BatchError, Decided, HoldInput, Verdict},
     fast_path::FastPath,
+    lookup::Lookup,
     metrics::Metrics,
     queue::HoldJob,
 };
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
-use uuid::Uuid;
 
 /// A booking request waiting for its batch.
 struct Pending {
@@ -63,34 +59,6 @@ impl Batcher {
     }
 }
 
-/// Schedules and patients that earlier batches read, so a batch reads only what it has not
-/// seen (usually nothing). Safe without expiry: practitioners, clinics and patients are never
-/// changed or deleted except for a practitioner's hours, and every batch checks under the
-/// hours locks that each practitioner's `hours_changed_at` is still the one its verdicts were
-/// made on (`holds::commit_batch`); if one moved, the batch's practitioners are dropped from
-/// here and the batch is decided again on fresh reads. Unknown ids are never remembered.
-#[derive(Default)]
-pub struct Seen {
-    schedules: std::sync::Mutex<HashMap<Uuid, Arc<PractitionerSchedule>>>,
-    patients: std::sync::Mutex<HashSet<Uuid>>,
-}
-
-/// Above this many entries a map of [`Seen`] starts over (a bound on memory, not a policy).
-const SEEN_MAX: usize = 100_000;
-
-impl Seen {
-    fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn forget(&self, practitioners: &[Uuid]) {
-        let mut s = Self::lock(&self.schedules);
-        for p in practitioners {
-            s.remove(p);
-        }
-    }
-}
-
 /// What committers need.
 pub struct Committer {
     /// Database.
@@ -101,8 +69,9 @@ pub struct Committer {
     pub metrics: Arc<Metrics>,
     /// Batch size, linger, TTL, horizon.
     pub config: Arc<Config>,
-    /// What earlier batches read.
-    pub seen: Seen,
+    /// Cached schedules and patients: a batch reads only what is not there (see
+    /// `slotq_common::lookup` for why a stale schedule cannot decide a hold).
+    pub lookup: Lookup,
 }
 
 /// Starts the committers; they stop once every [`Batcher`] clone is dropped and the queue is
@@ -254,7 +223,11 @@ impl Committer {
         let mut patients: Vec<_> = batch.iter().map(|p| p.job.patient_id).collect();
         patients.sort_unstable();
         patients.dedup();
-        let (schedules, known) = self.read_unseen(&practitioners, &patients).await?;
+        // Two independent reads, on two connections at once (usually both from the cache).
+        let (schedules, known) = tokio::try_join!(
+            self.lookup.schedules(&practitioners),
+            self.lookup.known_patients(&patients),
+        )?;
         let now = Utc::now();
         let inputs: Vec<HoldInput> = batch
             .iter()
@@ -301,7 +274,9 @@ impl Committer {
             match holds::commit_batch(&self.pool, &inputs, &hours_seen, self.config.hold_ttl).await
             {
                 Err(BatchError::HoursChanged) => {
-                    self.seen.forget(&practitioners);
+                    for p in &practitioners {
+                        self.lookup.forget_schedule(*p);
+                    }
                     return Err(BatchError::HoursChanged);
                 }
                 other => other?,
@@ -310,76 +285,6 @@ impl Committer {
             .commit_duration
             .observe(started.elapsed().as_secs_f64());
         Ok(decided)
-    }
-
-    /// The batch's schedules and known patients: what [`Seen`] has, plus one read of the rest
-    /// (the two reads on two connections at once).
-    async fn read_unseen(
-        &self,
-        practitioners: &[Uuid],
-        patients: &[Uuid],
-    ) -> Result<(HashMap<Uuid, Arc<PractitionerSchedule>>, HashSet<Uuid>), BatchError> {
-        let mut schedules = HashMap::with_capacity(practitioners.len());
-        let mut unseen_practitioners = Vec::new();
-        {
-            let cached = Seen::lock(&self.seen.schedules);
-            for p in practitioners {
-                match cached.get(p) {
-                    Some(s) => {
-                        schedules.insert(*p, s.clone());
-                    }
-                    None => unseen_practitioners.push(*p),
-                }
-            }
-        }
-        let mut known = HashSet::with_capacity(patients.len());
-        let mut unseen_patients = Vec::new();
-        {
-            let cached = Seen::lock(&self.seen.patients);
-            for p in patients {
-                if cached.contains(p) {
-                    known.insert(*p);
-                } else {
-                    unseen_patients.push(*p);
-                }
-            }
-        }
-        let (loaded, found) = tokio::try_join!(
-            async {
-                if unseen_practitioners.is_empty() {
-                    return Ok(HashMap::new());
-                }
-                directory::load_schedules(&self.pool, &unseen_practitioners).await
-            },
-            async {
-                if unseen_patients.is_empty() {
-                    return Ok(HashMap::new());
-                }
-                directory::existing_patients(&self.pool, &unseen_patients).await
-            },
-        )?;
-        if !loaded.is_empty() {
-            let mut cached = Seen::lock(&self.seen.schedules);
-            if cached.len() + loaded.len() > SEEN_MAX {
-                cached.clear();
-            }
-            for (id, s) in loaded {
-                let s = Arc::new(s);
-                cached.insert(id, s.clone());
-                schedules.insert(id, s);
-            }
-        }
-        if !found.is_empty() {
-            let mut cached = Seen::lock(&self.seen.patients);
-            if cached.len() + found.len() > SEEN_MAX {
-                cached.clear();
-            }
-            for id in found.into_keys() {
-                cached.insert(id);
-                known.insert(id);
-            }
-        }
-        Ok((schedules, known))
     }
 
     fn observe(&self, decided: &[Decided]) {

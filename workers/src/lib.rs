@@ -224,11 +224,11 @@ pub async fn run(
     );
 
     let (batcher, committers) = hold_batcher::start(Committer {
+        lookup: slotq_common::lookup::Lookup::new(pool.clone()),
         pool,
         fast: FastPath::new(redis.clone(), &config.redis_namespace),
         metrics: metrics.clone(),
         config: config.clone(),
-        seen: hold_batcher::Seen::default(),
     });
     let name = worker_name();
     let outbound = outbound::start(&config, metrics.clone(), shutdown.clone(), &name)

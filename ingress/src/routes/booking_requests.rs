@@ -106,13 +106,12 @@ fn key_reused() -> ApiError {
 
 /// `202` with the request's view and its `Location`.
 pub(crate) fn accepted(view: RequestView) -> Response {
-    let location = format!("/v1/booking-requests/{}", view.id);
-    (
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        Json(view),
-    )
-        .into_response()
+    Queued {
+        view,
+        replay: true,
+        json: None,
+    }
+    .into_accepted()
 }
 
 /// What [`enqueue`] answers.
@@ -127,22 +126,21 @@ pub(crate) struct Queued {
 }
 
 impl Queued {
-    /// The `202`.
+    /// The `202` with the view and its `Location`.
     pub(crate) fn into_accepted(self) -> Response {
+        let location = [(
+            header::LOCATION,
+            format!("/v1/booking-requests/{}", self.view.id),
+        )];
         match self.json {
             Some(body) => (
                 StatusCode::ACCEPTED,
-                [
-                    (
-                        header::LOCATION,
-                        format!("/v1/booking-requests/{}", self.view.id),
-                    ),
-                    (header::CONTENT_TYPE, "application/json".to_owned()),
-                ],
+                location,
+                [(header::CONTENT_TYPE, "application/json")],
                 body,
             )
                 .into_response(),
-            None => accepted(self.view),
+            None => (StatusCode::ACCEPTED, location, Json(self.view)).into_response(),
         }
     }
 }
@@ -251,7 +249,7 @@ pub(crate) async fn enqueue(
     hash: &str,
     trace: Option<axum::Extension<RequestId>>,
 ) -> Result<Queued, ApiError> {
-    let ready = s.queue_ready.load(Ordering::Relaxed);
+    let ready = s.pending_requests.load(Ordering::Relaxed);
     // README: the number of requests waiting for a decision *above* which new ones are
     // refused.
     if ready > s.config.max_queue_depth {
@@ -285,7 +283,7 @@ pub(crate) async fn enqueue(
         practitioner_id: view.practitioner_id,
         slot_start: view.slot_start,
         submitted_at: view.submitted_at,
-        idempotency_key: key.clone(),
+        idempotency_key: key,
         reschedule: r.reschedule,
         trace_id: trace.and_then(|t| t.0.header_value().to_str().ok().map(str::to_owned)),
         actor: Some(r.caller.sub),
@@ -297,12 +295,10 @@ pub(crate) async fn enqueue(
     let admission = s
         .admitter
         .admit(AdmitItem {
-            view: view.clone(),
+            job,
             status_json: json.clone(),
-            idempotency_key: key,
             body_hash: hash.to_owned(),
             precheck: s.config.precheck,
-            job,
         })
         .await
         .map_err(|e| {

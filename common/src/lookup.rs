@@ -1,15 +1,22 @@
 //! Read-through caches of what validation needs on the booking path: practitioners'
-//! schedules and which patients exist. Ingress never locks anything in PostgreSQL; these
-//! plain reads are cached briefly so a storm on one slot costs one query, not thousands.
-//! Staleness is harmless: the worker re-validates against PostgreSQL before committing.
+//! schedules and which patients exist.
+//!
+//! Ingress never locks anything in PostgreSQL; these plain reads are cached briefly so a storm
+//! on one slot costs one query, not thousands. Staleness is harmless there: the workers decide
+//! again. The workers use the same caches for their batches (most batches then read nothing,
+//! loadtest/README.md change 16): a stale schedule cannot decide a hold either, because every
+//! batch checks under the hours locks that each practitioner's `hours_changed_at` is the one
+//! its schedule was read with (`db::holds::commit_batch`), and on a change the batch forgets
+//! its practitioners' schedules and is decided again. Patients are never deleted, and only
+//! their existence is cached.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use slotq_common::db::directory::{PractitionerSchedule, existing_patients, load_schedules};
+use crate::db::directory::{PractitionerSchedule, existing_patients, load_schedules};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -102,7 +109,8 @@ impl Lookup {
         Ok(out)
     }
 
-    /// Forgets a practitioner's schedule (after this process changed it).
+    /// Forgets a practitioner's schedule (after this process changed it, or a batch found it
+    /// changed).
     pub fn forget_schedule(&self, id: Uuid) {
         self.schedules
             .lock()
@@ -113,15 +121,26 @@ impl Lookup {
     /// Whether the patient exists. Only positive answers are cached: a patient created a
     /// moment ago must be bookable at once.
     pub async fn patient_exists(&self, id: Uuid) -> Result<bool, sqlx::Error> {
-        if fresh(&self.patients, id, PATIENT_TTL).is_some() {
-            return Ok(true);
+        Ok(self.known_patients(&[id]).await?.contains(&id))
+    }
+
+    /// Which of `ids` are patients, one query for the ones not known already.
+    pub async fn known_patients(&self, ids: &[Uuid]) -> Result<HashSet<Uuid>, sqlx::Error> {
+        let mut known = HashSet::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for id in ids {
+            if fresh(&self.patients, *id, PATIENT_TTL).is_some() {
+                known.insert(*id);
+            } else {
+                missing.push(*id);
+            }
         }
-        let exists = existing_patients(&self.pool, &[id])
-            .await?
-            .contains_key(&id);
-        if exists {
-            store(&self.patients, id, ());
+        if !missing.is_empty() {
+            for id in existing_patients(&self.pool, &missing).await?.into_keys() {
+                store(&self.patients, id, ());
+                known.insert(id);
+            }
         }
-        Ok(exists)
+        Ok(known)
     }
 }
