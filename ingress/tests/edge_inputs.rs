@@ -609,22 +609,13 @@ async fn the_token_command_refuses_tokens_the_server_would_refuse() {
 
 #[test]
 fn help_prints_usage_without_any_configuration() {
+    let bin = env!("CARGO_BIN_EXE_slotq-ingress");
     for flag in ["--help", "-h", "help"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_slotq-ingress"))
-            .env_clear()
-            .arg(flag)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{flag}");
-        let text = String::from_utf8_lossy(&out.stdout);
+        let (code, text) = slotq_testkit::run_bare(bin, flag);
+        assert_eq!(code, Some(0), "{flag}");
         assert!(text.starts_with("usage: slotq-ingress"), "{text}");
         assert!(text.contains("migrate") && text.contains("token"), "{text}");
     }
     // Anything else is still refused.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_slotq-ingress"))
-        .env_clear()
-        .arg("--halp")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(slotq_testkit::run_bare(bin, "--halp").0, Some(64));
 }

@@ -895,11 +895,7 @@ async fn a_batch_waits_for_a_replacement_of_hours_and_decides_on_the_new_ones() 
     // A replacement of the hours under way (what replace_hours does): the practitioner is
     // closed from now on, but not yet committed.
     let mut change = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(slotq_common::db::holds::hours_lock_key(p))
-        .execute(&mut *change)
-        .await
-        .unwrap();
+    hours_lock(&mut change, p, "pg_advisory_xact_lock").await;
     sqlx::query("UPDATE practitioners SET hours_changed_at = now() WHERE id = $1")
         .bind(p)
         .execute(&mut *change)
@@ -937,11 +933,7 @@ async fn a_replacement_of_hours_waits_for_a_batch_deciding_on_them_and_lists_its
     let at = slot(3, 14 * 60);
     // A batch deciding on the current hours holds their lock shared and has written a hold.
     let mut batch = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-        .bind(slotq_common::db::holds::hours_lock_key(p))
-        .execute(&mut *batch)
-        .await
-        .unwrap();
+    hours_lock(&mut batch, p, "pg_advisory_xact_lock_shared").await;
     let booking = write_hold(&mut *batch, p, fx.patient_id, at).await;
     // New hours that end before the hold: the replacement waits for the batch, then sees it.
     let weekly: Vec<Value> = (1..=7)
@@ -960,6 +952,16 @@ async fn a_replacement_of_hours_waits_for_a_batch_deciding_on_them_and_lists_its
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["new_conflicts"], json!([booking]), "{b}");
     app.stop().await;
+}
+
+/// Takes practitioner `p`'s hours lock in `tx` with `function` (exclusive or shared), as
+/// `replace_hours` or a batch does.
+async fn hours_lock(tx: &mut sqlx::PgConnection, p: Uuid, function: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {function}($1)")))
+        .bind(slotq_common::db::holds::hours_lock_key(p))
+        .execute(tx)
+        .await
+        .unwrap();
 }
 
 /// Writes a held booking straight into PostgreSQL (FR, 30 minutes), as a worker's batch would,

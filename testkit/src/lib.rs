@@ -328,6 +328,14 @@ impl TestApp {
         (request, booking)
     }
 
+    /// Waits for each request's decision (each within `timeout`) and asserts it is `held`.
+    pub async fn assert_all_held(&self, requests: &[Uuid], timeout: Duration) {
+        for r in requests {
+            let d = self.decision(*r, timeout).await;
+            assert_eq!(d["status"], "held", "{d}");
+        }
+    }
+
     /// Polls until the request is no longer `queued` (or `timeout`), returning its view.
     pub async fn decision(&self, request_id: Uuid, timeout: Duration) -> Value {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -543,6 +551,20 @@ pub fn id_of(v: &Value) -> Uuid {
         .as_str()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no id in {v}"))
+}
+
+/// Runs a binary with one argument and an empty environment (no configuration at all);
+/// returns its exit code and standard output.
+pub fn run_bare(bin: &str, arg: &str) -> (Option<i32>, String) {
+    let out = std::process::Command::new(bin)
+        .env_clear()
+        .arg(arg)
+        .output()
+        .expect("run the binary");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 /// A bookable slot `days` days ahead at `minute_of_day` (rounded to the 30-minute grid).

@@ -266,13 +266,8 @@ async fn workers_export_queue_depth_on_their_admin_port() {
 
 #[test]
 fn help_prints_usage_without_any_configuration() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_slotq-workers"))
-        .env_clear()
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (code, text) = slotq_testkit::run_bare(env!("CARGO_BIN_EXE_slotq-workers"), "--help");
+    assert_eq!(code, Some(0));
     assert!(
         text.starts_with("usage: slotq-workers [run|migrate]"),
         "{text}"

@@ -45,10 +45,8 @@ async fn reschedules_decided_together_leave_only_the_final_slot_taken() {
         requests.push(id_of(&r));
     }
     let workers = start_workers(&app).await;
-    for r in &requests {
-        let d = app.decision(*r, Duration::from_secs(20)).await;
-        assert_eq!(d["status"], "held", "{d}");
-    }
+    app.assert_all_held(&requests, Duration::from_secs(20))
+        .await;
     let (_, bk) = app.get(&format!("/v1/bookings/{booking}")).await;
     assert_eq!(bk["slot_start"], json!(b), "{bk}");
 
@@ -304,10 +302,8 @@ async fn batches_moving_the_same_bookings_in_opposite_orders_do_not_deadlock() {
         }
     }
     let workers = start_workers(&app).await;
-    for r in &requests {
-        let d = app.decision(*r, Duration::from_secs(30)).await;
-        assert_eq!(d["status"], "held", "{d}");
-    }
+    app.assert_all_held(&requests, Duration::from_secs(30))
+        .await;
     assert_eq!(
         deadlocks(&app).await - before,
         0,
