@@ -70,21 +70,33 @@ pub async fn decisions(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<Decisions>
     Ok(d)
 }
 
-/// How many of `ids` have a decision row.
-async fn count_decided(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<u64> {
-    let mut n = 0;
+/// Which of `ids` have no decision row yet. One primary-key probe per id (the lateral
+/// `LIMIT 1` keeps PostgreSQL from hashing the ids and scanning the whole table, which it did
+/// for `id = ANY($1)`: a poll then read every decision of the run while the workers drained).
+async fn undecided(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<Vec<Uuid>> {
+    let mut left = Vec::new();
     for chunk in ids.chunks(CHUNK) {
-        let c: i64 = sqlx::query_scalar("SELECT count(*) FROM booking_requests WHERE id = ANY($1)")
-            .bind(chunk)
-            .fetch_one(pool)
-            .await?;
-        n += c as u64;
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT q.id FROM unnest($1::uuid[]) WITH ORDINALITY AS q(id, ord)
+             LEFT JOIN LATERAL (
+                 SELECT 1 AS hit FROM booking_requests r WHERE r.id = q.id LIMIT 1) d ON true
+             WHERE d.hit IS NULL ORDER BY q.ord",
+        )
+        .bind(chunk)
+        .fetch_all(pool)
+        .await?;
+        left.extend(ids);
     }
-    Ok(n)
+    Ok(left)
 }
 
-/// Polls every `every` until each of `ids` is decided or `timeout` passes, then reads their
-/// decisions.
+/// Requests checked per poll while the newest ones are undecided.
+const TAIL: usize = 1_000;
+
+/// Polls every `every` until each of `ids` (in submission order) is decided or `timeout`
+/// passes, then reads their decisions. The workers decide roughly in submission order, so a
+/// poll only checks the newest [`TAIL`] undecided requests until those are all decided, then
+/// the rest once: the polls stay small while the workers drain (they share the machine).
 pub async fn decisions_when_decided(
     pool: &PgPool,
     ids: &[Uuid],
@@ -92,9 +104,19 @@ pub async fn decisions_when_decided(
     every: Duration,
 ) -> anyhow::Result<Decisions> {
     let deadline = tokio::time::Instant::now() + timeout;
-    while (count_decided(pool, ids).await? as usize) < ids.len()
-        && tokio::time::Instant::now() < deadline
-    {
+    let mut pending: Vec<Uuid> = ids.to_vec();
+    while !pending.is_empty() {
+        let tail = pending.len().saturating_sub(TAIL);
+        let left = undecided(pool, &pending[tail..]).await?;
+        if left.is_empty() {
+            pending = undecided(pool, &pending[..tail]).await?;
+        } else {
+            pending.truncate(tail);
+            pending.extend(left);
+        }
+        if pending.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
         tokio::time::sleep(every).await;
     }
     decisions(pool, ids).await

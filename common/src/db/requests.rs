@@ -107,18 +107,23 @@ macro_rules! decided_views_sql {
         COALESCE(r.booking_id, r.target_booking_id) AS booking_id, r.practitioner_id,
         r.patient_id, r.slot_start, r.submitted_at, r.decided_at, b.status, b.hold_expires_at
     FROM unnest($1::uuid[]) AS q(id)
-    CROSS JOIN LATERAL (SELECT * FROM booking_requests WHERE id = q.id) r
+    CROSS JOIN LATERAL (SELECT * FROM booking_requests WHERE id = q.id LIMIT 1) r
     LEFT JOIN LATERAL (
         SELECT status, hold_expires_at FROM bookings WHERE id = r.booking_id LIMIT 1
     ) b ON true"
     };
 }
-const DECIDED_VIEWS: &str = decided_views_sql!();
+/// The decided-views query (`$1`: the request ids), public for the tests of its plan.
+pub const DECIDED_VIEWS: &str = decided_views_sql!();
 // One primary-key probe per id and one `bookings (id)` probe per found request, whatever the
 // statistics say. As `WHERE r.id = ANY($1) … JOIN bookings`, PostgreSQL planned a sequential
 // scan of `booking_requests` (chosen while the table held ~9,000 rows, kept while it grew) and
 // a hash join over all of `bookings`: 24–28 ms per batch, and decided/s fell from ~6,500 to
-// ~2,500 (pg_stat_statements during slotq-loadtest throughput after mixed).
+// ~2,500 (pg_stat_statements during slotq-loadtest throughput after mixed). The `LIMIT 1`
+// (the id is the primary key) keeps the lateral subquery a subquery: without it PostgreSQL
+// pulls it up into a plain join and, with statistics from when the table was small, hashed
+// the ids and scanned all of `booking_requests` in about one batch of five during a fresh
+// throughput round (93 rows read per decision; auto_explain, loadtest/README.md change 21).
 /// The decided views of these requests (undecided ones are absent).
 pub async fn decided_views<'c, E>(
     executor: E,
