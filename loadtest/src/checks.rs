@@ -30,6 +30,23 @@ pub struct Decisions {
     pub last_decided: Option<DateTime<Utc>>,
     /// `decided_at − submitted_at` of each decision (server clocks, same machine).
     pub server_latency: Latency,
+    /// Every `decided_at`, for [`Decisions::each_second`].
+    pub decided_at: Vec<DateTime<Utc>>,
+}
+
+impl Decisions {
+    /// Decisions recorded in each whole second after `start` (index 0: the first second).
+    pub fn each_second(&self, start: DateTime<Utc>) -> Vec<u64> {
+        let mut out: Vec<u64> = Vec::new();
+        for at in &self.decided_at {
+            let s = (*at - start).num_milliseconds().max(0) as usize / 1000;
+            if out.len() <= s {
+                out.resize(s + 1, 0);
+            }
+            out[s] += 1;
+        }
+        out
+    }
 }
 
 type Row = (Uuid, DateTime<Utc>, DateTime<Utc>, String, Option<String>);
@@ -58,6 +75,7 @@ pub async fn decisions(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<Decisions>
             }
             d.first_submitted = Some(d.first_submitted.map_or(submitted, |f| f.min(submitted)));
             d.last_decided = Some(d.last_decided.map_or(decided, |l| l.max(decided)));
+            d.decided_at.push(decided);
             let us = (decided - submitted).num_microseconds().unwrap_or(i64::MAX);
             d.server_latency.record_micros(us.max(0) as u64);
         }

@@ -99,6 +99,8 @@ pub struct ThroughputResult {
     pub decided_per_sec: f64,
     /// Seconds the queue took to drain after submitting stopped.
     pub drain_s: f64,
+    /// Decisions recorded in each second after the first submission (where a round slows).
+    pub decided_each_second: Vec<u64>,
     /// `POST` → `202`, client side.
     pub submit_latency: LatencySummary,
     /// `submitted_at` → `decided_at` as recorded by the services.
@@ -350,6 +352,10 @@ impl Report {
                 lat(&t.submit_latency),
                 lat(&t.decision_latency),
             );
+            if !t.decided_each_second.is_empty() {
+                let each: Vec<String> = t.decided_each_second.iter().map(u64::to_string).collect();
+                let _ = writeln!(o, "  decided each second  {}", each.join(" "));
+            }
         }
         if let Some(l) = &self.latency {
             let _ = writeln!(

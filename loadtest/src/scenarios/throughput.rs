@@ -127,6 +127,7 @@ pub async fn run(ctx: &Ctx, round: usize) -> anyhow::Result<Outcome> {
         decide_window_s: window.as_secs_f64(),
         decided_per_sec: per_sec(decisions.decided, window),
         drain_s: drain.as_secs_f64(),
+        decided_each_second: decisions.each_second(start_wall),
         submit_latency: submit_latency.summary(),
         decision_latency: decisions.server_latency.summary(),
         ..ThroughputResult::default()
