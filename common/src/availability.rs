@@ -122,7 +122,7 @@ async fn rebuild(
     let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
         "SELECT practitioner_id, slot_start FROM bookings
          WHERE practitioner_id = ANY($1) AND slot_start >= $2 AND slot_start < $3
-           AND status IN ('held', 'confirmed')",
+           AND status::text IN ('held', 'confirmed')",
     )
     .bind(&ids)
     .bind(from)

@@ -242,15 +242,29 @@ async fn mixed(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What pgbench does before each run: vacuums and analyzes the tables a round writes, so that
+/// every measured round, baseline or pipeline, starts from the same state whatever autovacuum
+/// does. On the measured machine autovacuum is off (`autovacuum = off`): the rows that earlier
+/// rounds wrote and their clean-ups deleted stayed in every index, the planner never had
+/// statistics, and rounds slowed as the run went on (loadtest/README.md, change 23).
+async fn vacuum(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    sqlx::query("VACUUM (ANALYZE) bookings, booking_requests, outbox, audit_log")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Baseline (and full baseline) then throughput, `repeat` times, so each ratio compares
 /// measurements taken minutes apart on the same machine.
 async fn pairs(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let s = &ctx.settings;
     let with_throughput = s.scenarios.contains(&Scenario::Throughput);
     for round in 0..s.repeat {
+        vacuum(&ctx.pool).await?;
         let b = baseline::run(ctx, baseline::Mode::Insert).await?;
         report.baseline.push(b.clone());
         let full = if s.full_baseline {
+            vacuum(&ctx.pool).await?;
             let f = baseline::run(ctx, baseline::Mode::Full).await?;
             report.full_baseline.push(f.clone());
             Some(f)
@@ -260,6 +274,7 @@ async fn pairs(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         if !with_throughput {
             continue;
         }
+        vacuum(&ctx.pool).await?;
         eprintln!("slotq-loadtest: throughput (round {}) …", round + 1);
         let mut o = scenarios::throughput::run(ctx, round).await?;
         scenarios::throughput::compare(&mut o.result, Some(&b), full.as_ref());

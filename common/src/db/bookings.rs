@@ -342,7 +342,7 @@ pub async fn active_slot_starts(
     sqlx::query_scalar(
         "SELECT slot_start FROM bookings
          WHERE practitioner_id = $1 AND slot_start >= $2 AND slot_start < $3
-           AND status IN ('held', 'confirmed')",
+           AND status::text IN ('held', 'confirmed')",
     )
     .bind(practitioner_id)
     .bind(from)

@@ -37,7 +37,7 @@ pub async fn detect(
     schedule: &Schedule,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     let active: Vec<Booking> = sqlx::query_as(
-        "SELECT * FROM bookings WHERE practitioner_id = $1 AND status IN ('held', 'confirmed') AND slot_start > now()",
+        "SELECT * FROM bookings WHERE practitioner_id = $1 AND status::text IN ('held', 'confirmed') AND slot_start > now()",
     )
     .bind(practitioner_id)
     .fetch_all(&mut *conn)
