@@ -6,17 +6,27 @@
 )]
 
 use slotq_common::db::outbox;
-use slotq_testkit::{Options, spawn};
+use slotq_testkit::{Options, TestApp, spawn};
 use uuid::Uuid;
 
-#[tokio::test]
-async fn the_decided_check_probes_the_primary_key_even_when_statistics_call_the_table_small() {
-    let app = spawn(Options {
+/// Runs one statement on the test database.
+async fn exec(app: &TestApp, sql: &'static str) {
+    sqlx::query(sql).execute(&app.pool).await.unwrap();
+}
+
+/// A test app without workers or scheduler: only its database is used.
+async fn database_only() -> TestApp {
+    spawn(Options {
         workers: false,
         scheduler: false,
         ..Options::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn the_decided_check_probes_the_primary_key_even_when_statistics_call_the_table_small() {
+    let app = database_only().await;
     // Statistics taken while the table was small, as early in a busy day: with these the
     // planner preferred hashing 128 ids and scanning the whole table when it could.
     sqlx::query(
@@ -29,10 +39,7 @@ async fn the_decided_check_probes_the_primary_key_even_when_statistics_call_the_
     .execute(&app.pool)
     .await
     .unwrap();
-    sqlx::query("ANALYZE booking_requests")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    exec(&app, "ANALYZE booking_requests").await;
     let ids: Vec<Uuid> = (0..128).map(|_| Uuid::now_v7()).collect();
     let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "EXPLAIN {}",
@@ -53,12 +60,7 @@ async fn the_decided_check_probes_the_primary_key_even_when_statistics_call_the_
 
 #[tokio::test]
 async fn the_patients_instant_check_of_the_hold_insert_probes_patient_and_instant() {
-    let app = spawn(Options {
-        workers: false,
-        scheduler: false,
-        ..Options::default()
-    })
-    .await;
+    let app = database_only().await;
     let insert = |n: i32| {
         sqlx::query(
             "INSERT INTO bookings (id, request_id, country_code, practitioner_id, patient_id,
@@ -75,14 +77,8 @@ async fn the_patients_instant_check_of_the_hold_insert_probes_patient_and_instan
     // and scanned the whole partial unique index (first column: the country) for every row
     // of the batch.
     insert(20_000).execute(&app.pool).await.unwrap();
-    sqlx::query("DELETE FROM bookings")
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    sqlx::query("VACUUM (ANALYZE) bookings")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    exec(&app, "DELETE FROM bookings").await;
+    exec(&app, "VACUUM (ANALYZE) bookings").await;
     insert(20_000).execute(&app.pool).await.unwrap();
     let n = 128;
     let ids = |_| Uuid::now_v7();
@@ -110,12 +106,7 @@ async fn the_patients_instant_check_of_the_hold_insert_probes_patient_and_instan
 
 #[tokio::test]
 async fn the_dispatcher_reads_the_outbox_in_numeric_transaction_id_order() {
-    let app = spawn(Options {
-        workers: false,
-        scheduler: false,
-        ..Options::default()
-    })
-    .await;
+    let app = database_only().await;
     // Two rows of long-ended transactions whose ids differ in their number of digits.
     for xact in ["100", "99"] {
         sqlx::query(
