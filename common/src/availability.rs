@@ -119,6 +119,7 @@ async fn rebuild(
     };
     let from = first.and_time(chrono::NaiveTime::MIN).and_utc();
     let to = last.and_time(chrono::NaiveTime::MIN).and_utc() + Duration::days(1);
+    // Active bookings without the country: `status::text` (`db` module docs).
     let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
         "SELECT practitioner_id, slot_start FROM bookings
          WHERE practitioner_id = ANY($1) AND slot_start >= $2 AND slot_start < $3

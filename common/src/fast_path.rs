@@ -94,7 +94,7 @@ if task then
 end
 for _, i in ipairs(admitted) do
   local idem, a = KEYS[6 + 3 * i], 3 + 6 * i
-  if idem ~= '' then redis.call('SET', idem, ARGV[a] .. '|' .. ARGV[a + 1], 'EX', ARGV[1]) end
+  if idem ~= '' then redis.call('SET', idem, recorded[idem], 'EX', ARGV[1]) end
   redis.call('SET', KEYS[7 + 3 * i], ARGV[a + 2], 'EX', ARGV[1])
 end
 return out

@@ -339,6 +339,7 @@ pub async fn active_slot_starts(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<DateTime<Utc>>, sqlx::Error> {
+    // Active bookings without the country: `status::text` (`db` module docs).
     sqlx::query_scalar(
         "SELECT slot_start FROM bookings
          WHERE practitioner_id = $1 AND slot_start >= $2 AND slot_start < $3

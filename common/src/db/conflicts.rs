@@ -36,6 +36,7 @@ pub async fn detect(
     practitioner_id: Uuid,
     schedule: &Schedule,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
+    // Active bookings without the country: `status::text` (`db` module docs).
     let active: Vec<Booking> = sqlx::query_as(
         "SELECT * FROM bookings WHERE practitioner_id = $1 AND status::text IN ('held', 'confirmed') AND slot_start > now()",
     )

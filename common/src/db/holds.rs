@@ -566,12 +566,13 @@ fn country_rounds(candidates: &[(&HoldInput, &str, DateTime<Utc>)]) -> Vec<usize
 /// countries, practitioners, patients, slot starts and ends; `$8`: hold TTL in seconds), public
 /// for the tests of its plan.
 ///
-/// `status::text` in the patient's-instant check keeps the partial unique indexes out of it:
-/// their predicate is `status IN ('held', 'confirmed')` and their first column the country,
-/// which this check (any country) does not name. With statistics taken while `bookings` was
-/// small, PostgreSQL answered the check with a full index-only scan of
-/// `bookings_patient_no_overlap` per row — 115 ms per batch, 0.13× the baseline — instead of
-/// probing `(patient_id, slot_start, id)` (loadtest/README.md, change 23).
+/// `status::text` in the patient's-instant check keeps the partial unique indexes out of it
+/// (the convention of the `db` module): their predicate is `status IN ('held', 'confirmed')`
+/// and their first column the country, which this check (any country) does not name. With
+/// statistics of a table analyzed nearly empty and refilled since, PostgreSQL answered the
+/// check with a full index-only scan of `bookings_patient_no_overlap` per row — 115 ms per
+/// batch, 0.13× the baseline — instead of probing `(patient_id, slot_start, id)`
+/// (loadtest/README.md, change 23).
 pub const INSERT_HOLDS: &str = "INSERT INTO bookings (id, request_id, country_code, practitioner_id, patient_id,
                                slot_start, slot_end, status, hold_expires_at)
          SELECT u.id, u.request_id, u.country_code, u.practitioner_id, u.patient_id,
@@ -691,7 +692,7 @@ async fn move_booking(
         .execute(&mut *tx)
         .await?;
     // The patient's other active booking at the new instant, in any country, blocks the move
-    // (the batch holds the advisory lock of that instant).
+    // (the batch holds the advisory lock of that instant); `status::text`: module docs of `db`.
     let moved: Result<Option<Booking>, sqlx::Error> = sqlx::query_as(
         "UPDATE bookings SET slot_start = $3, slot_end = $4, updated_at = now()
          WHERE country_code = $1 AND id = $2

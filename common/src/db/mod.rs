@@ -4,6 +4,13 @@
 //! statements bind arrays through `unnest`, and keeping the build free of a live database or
 //! an offline `.sqlx/` cache matters more here than compile-time checking; every query is
 //! exercised by the integration tests instead.
+//!
+//! A query for active bookings that does not name the country writes
+//! `status::text IN ('held', 'confirmed')`: the partial unique indexes of `bookings` carry the
+//! predicate `status IN ('held', 'confirmed')` and lead with the country, and with statistics
+//! that call the table small PostgreSQL answered such a query with a full scan of one of them
+//! (see `holds::INSERT_HOLDS`). The cast keeps them out; the query probes an index that leads
+//! with the patient or the practitioner instead.
 
 pub mod bookings;
 pub mod conflicts;
