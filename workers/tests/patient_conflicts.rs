@@ -307,6 +307,63 @@ async fn one_batch_decides_same_time_requests_across_countries_in_submission_ord
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_refused_by_an_index_other_than_the_slot_gate_still_gets_its_decision() {
+    let app = spawn(Options {
+        workers: false,
+        scheduler: false,
+        env: vec![],
+    })
+    .await;
+    let ttl = Duration::from_secs(600);
+    let t = (Utc::now() + chrono::Duration::days(3))
+        .duration_trunc(chrono::Duration::minutes(30))
+        .unwrap();
+    let base = Utc::now();
+    let (practitioner, other) = (Uuid::now_v7(), Uuid::now_v7());
+    let odd = candidate(Uuid::now_v7(), practitioner, "FR", t, base, 0);
+    let fine = candidate(Uuid::now_v7(), other, "FR", t, base, 1);
+    // A booking already names `odd`'s request at another time, with no recorded decision:
+    // the batch's insert (only the slot gate arbitrating) violates UNIQUE (country_code,
+    // request_id), and the batch is decided again with every unique index arbitrating.
+    sqlx::query(
+        "INSERT INTO bookings (id, request_id, country_code, practitioner_id, patient_id,
+                               slot_start, slot_end, status, hold_expires_at)
+         VALUES (gen_random_uuid(), $1, 'FR', $2, $3, $4, $4 + interval '30 min', 'held',
+                 now() + interval '10 min')",
+    )
+    .bind(odd.request_id)
+    .bind(practitioner)
+    .bind(odd.patient_id)
+    .bind(t + chrono::Duration::hours(1))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let d = commit_batch(&app.pool, &[odd.clone(), fine.clone()], &[], ttl)
+        .await
+        .unwrap();
+    assert_eq!(outcome(&d, fine.request_id), held());
+    // Not its slot (free) that refused it: classified as the patient's conflict, recorded.
+    assert_eq!(outcome(&d, odd.request_id), rejected("patient_conflict"));
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM booking_requests WHERE id = ANY($1)")
+            .bind(vec![odd.request_id, fine.request_id])
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, 2);
+    let at_t: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM bookings WHERE practitioner_id = $1 AND slot_start = $2",
+    )
+    .bind(practitioner)
+    .bind(t)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(at_t, 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_batches_of_one_patient_in_different_countries_hold_one() {
     let app = spawn(Options {
         workers: false,

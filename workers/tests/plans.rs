@@ -82,24 +82,28 @@ async fn the_patients_instant_check_of_the_hold_insert_probes_patient_and_instan
     let n = 128;
     let ids = |_| Uuid::now_v7();
     let at = |i: usize| chrono::Utc::now() + chrono::Duration::minutes(30 * i as i64);
-    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "EXPLAIN {}",
-        slotq_common::db::holds::INSERT_HOLDS
-    )))
-    .bind((0..n).map(ids).collect::<Vec<_>>())
-    .bind((0..n).map(ids).collect::<Vec<_>>())
-    .bind(vec!["FR"; n])
-    .bind((0..n).map(ids).collect::<Vec<_>>())
-    .bind((0..n).map(ids).collect::<Vec<_>>())
-    .bind((0..n).map(at).collect::<Vec<_>>())
-    .bind((0..n).map(|i| at(i + 1)).collect::<Vec<_>>())
-    .bind(300.0_f64)
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
-    let plan = plan.join("\n");
-    assert!(plan.contains("patient_id_slot_start_id_idx"), "{plan}");
-    assert!(!plan.contains("country_code_patient_id"), "{plan}");
+    // Both hold inserts: the one every index arbitrates and the one only the slot gate does.
+    for statement in [
+        slotq_common::db::holds::INSERT_HOLDS,
+        slotq_common::db::holds::INSERT_HOLDS_SLOT_ARBITER,
+    ] {
+        let plan: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {statement}")))
+                .bind((0..n).map(ids).collect::<Vec<_>>())
+                .bind((0..n).map(ids).collect::<Vec<_>>())
+                .bind(vec!["FR"; n])
+                .bind((0..n).map(ids).collect::<Vec<_>>())
+                .bind((0..n).map(ids).collect::<Vec<_>>())
+                .bind((0..n).map(at).collect::<Vec<_>>())
+                .bind((0..n).map(|i| at(i + 1)).collect::<Vec<_>>())
+                .bind(300.0_f64)
+                .fetch_all(&app.pool)
+                .await
+                .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("patient_id_slot_start_id_idx"), "{plan}");
+        assert!(!plan.contains("country_code_patient_id"), "{plan}");
+    }
     app.stop().await;
 }
 
