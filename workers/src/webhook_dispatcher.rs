@@ -132,15 +132,31 @@ impl Dispatcher {
             tx.commit().await.context("commit")?;
             return Ok(0);
         };
-        let routes = webhooks::active_routes(&mut tx)
+        // Nothing is written, and no row locked, until there are rows to fan out: an idle poll
+        // is a read-only transaction, whose commit waits for no WAL flush.
+        let wanted = webhooks::wanted_event_types(&mut tx)
             .await
             .context("reading subscriptions")?;
-        let mut wanted: Vec<String> = routes.iter().flat_map(|r| r.events.clone()).collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let claimed = outbox::undispatched_after(&mut tx, &cursor, self.outbox.batch, &wanted)
+        let mut claimed = outbox::undispatched_after(&mut tx, &cursor, self.outbox.batch, &wanted)
             .await
             .context("reading outbox rows")?;
+        if claimed.is_empty() {
+            tx.commit().await.context("commit")?;
+            return Ok(0);
+        }
+        let routes = webhooks::active_routes(&mut tx)
+            .await
+            .context("locking subscriptions")?;
+        let mut locked: Vec<String> = routes.iter().flat_map(|r| r.events.clone()).collect();
+        locked.sort_unstable();
+        locked.dedup();
+        if locked != wanted {
+            // A subscription changed in between: read the rows again with the payloads the
+            // locked subscriptions want.
+            claimed = outbox::undispatched_after(&mut tx, &cursor, self.outbox.batch, &locked)
+                .await
+                .context("reading outbox rows")?;
+        }
         let Some(last) = claimed.last().map(|u| u.at.clone()) else {
             tx.commit().await.context("commit")?;
             return Ok(0);

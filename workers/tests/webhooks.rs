@@ -579,6 +579,54 @@ async fn the_subscription_api_validates_input_and_answers_problem_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_fan_out_locks_no_row_so_its_commit_waits_for_no_wal_flush() {
+    use slotq_common::db::{outbox, webhooks};
+    let app = spawn(Options {
+        workers: false,
+        scheduler: false,
+        env: env(&[]),
+    })
+    .await;
+    // What an idle poll runs: the cursor, the wanted types, the outbox after the cursor.
+    let mut tx = app.pool.begin().await.unwrap();
+    let cursor = outbox::lock_dispatch_cursor(&mut tx)
+        .await
+        .unwrap()
+        .unwrap();
+    let wanted = webhooks::wanted_event_types(&mut tx).await.unwrap();
+    let rows = outbox::undispatched_after(&mut tx, &cursor, 100, &wanted)
+        .await
+        .unwrap();
+    assert!(rows.is_empty());
+    // A row lock (the cursor's row was locked FOR UPDATE before) gives the transaction an id,
+    // and its commit a WAL flush.
+    let xid: Option<String> = sqlx::query_scalar("SELECT pg_current_xact_id_if_assigned()::text")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(xid, None);
+    // The lock is held all the same: a second dispatcher finds the cursor taken.
+    let mut other = app.pool.begin().await.unwrap();
+    assert!(
+        outbox::lock_dispatch_cursor(&mut other)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    other.rollback().await.unwrap();
+    tx.commit().await.unwrap();
+    let mut after = app.pool.begin().await.unwrap();
+    assert!(
+        outbox::lock_dispatch_cursor(&mut after)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    after.rollback().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dispatch_cursor_never_passes_a_row_whose_transaction_is_still_running() {
     use slotq_common::db::outbox;
     let app = spawn(Options {

@@ -100,15 +100,30 @@ pub struct Undispatched {
     pub at: Cursor,
 }
 
-/// Locks the webhook dispatcher's cursor until `conn`'s transaction ends; `None` while another
-/// dispatcher holds it (that one is working: this one has nothing to do).
+/// The advisory lock of the webhook dispatcher's cursor (the two-key form: a key space of its
+/// own, apart from the one-key locks of the hold batches).
+const DISPATCH_LOCK: (i32, i32) = (0x736c_6f74, 1);
+
+/// Locks the webhook dispatcher's cursor until `conn`'s transaction ends and reads it; `None`
+/// while another dispatcher holds it (that one is working: this one has nothing to do).
+///
+/// The lock is a transaction-level advisory lock, not `FOR UPDATE` on the cursor's row: a row
+/// lock is written to the table, which gives the transaction an id and a WAL record, so every
+/// idle poll of the dispatcher (10 a second by default) ended in a commit that waited for a WAL
+/// flush. The cursor is read by a statement of its own, after the lock: its snapshot then
+/// holds what the previous holder committed.
 pub async fn lock_dispatch_cursor(conn: &mut PgConnection) -> Result<Option<Cursor>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT xact::text AS xact, id FROM outbox_cursors WHERE consumer = 'webhooks'
-         FOR UPDATE SKIP LOCKED",
-    )
-    .fetch_optional(conn)
-    .await
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
+        .bind(DISPATCH_LOCK.0)
+        .bind(DISPATCH_LOCK.1)
+        .fetch_one(&mut *conn)
+        .await?;
+    if !locked {
+        return Ok(None);
+    }
+    sqlx::query_as("SELECT xact::text AS xact, id FROM outbox_cursors WHERE consumer = 'webhooks'")
+        .fetch_optional(conn)
+        .await
 }
 
 /// Up to `limit` rows after `cursor`, in `(xact, id)` order, written by transactions older than

@@ -111,6 +111,17 @@ pub async fn active_routes(conn: &mut PgConnection) -> Result<Vec<Route>, sqlx::
     .await
 }
 
+/// The event types some active subscription wants, sorted, without locking anything (the
+/// fan-out locks the subscriptions only once it has rows to deliver).
+pub async fn wanted_event_types(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT e FROM webhook_subscriptions, unnest(events) AS e
+         WHERE status = 'active' ORDER BY e",
+    )
+    .fetch_all(conn)
+    .await
+}
+
 /// A delivery to create.
 #[derive(Clone, Debug)]
 pub struct NewDelivery {
