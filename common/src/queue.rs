@@ -209,6 +209,34 @@ impl HoldQueue {
         &self.keys
     }
 
+    /// Adds `push_hold`'s commands (the Lua function above, command for command) to an atomic
+    /// pipeline: job `data` under task `id`, `requests` of them. For callers that know the task
+    /// id is new (a fresh request id), since a pipeline cannot stop at `HSETNX`'s answer.
+    pub fn push_commands(
+        &self,
+        pipe: &mut redis::Pipeline,
+        id: &str,
+        data: &[u8],
+        requests: usize,
+    ) {
+        let [data_hash, ready, signal, meta, pending] = &self.keys;
+        pipe.hset_nx(data_hash, id, data).ignore();
+        pipe.hset_multiple(
+            format!("{meta}:{id}"),
+            &[
+                ("attempts", "0".to_owned()),
+                ("max_attempts", MAX_ATTEMPTS.to_string()),
+                ("status", "Pending".to_owned()),
+                ("idempotency_key", String::new()),
+            ],
+        )
+        .ignore();
+        pipe.rpush(ready, id).ignore();
+        pipe.del(signal).ignore();
+        pipe.lpush(signal, 1).ignore();
+        pipe.incr(pending, requests).ignore();
+    }
+
     /// Appends a job of one request to the ready list in one round trip; `false` when that
     /// request's job was already queued.
     pub async fn push(&self, job: HoldJob) -> Result<bool, PushError> {

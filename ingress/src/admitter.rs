@@ -1,8 +1,10 @@
 //! Admission in groups: one Redis call for the submissions that arrive while the previous
 //! call is in flight.
 //!
-//! Every submission ends in the same atomic script (`FastPath::admit_many`): idempotency,
-//! the availability pre-check, the `queued` status and the job. One task sends those scripts,
+//! Every submission ends in one admission call (`FastPath::admit_many`): idempotency, the
+//! availability pre-check, the `queued` status and the job — an atomic script when a request
+//! of the group has an Idempotency-Key, a pre-check read and a `MULTI` otherwise. One task
+//! sends those calls,
 //! one at a time; whatever queued up meanwhile (at most [`ADMIT_MAX`]) goes into the next
 //! call, and the requests it admits become one job (`queue::HoldTask`). Nothing waits for a
 //! group to fill: an idle ingress sends each submission at once, alone, so latency at low load

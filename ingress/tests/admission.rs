@@ -208,6 +208,108 @@ async fn one_call_judges_idempotency_and_the_precheck_request_by_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_without_idempotency_keys_is_queued_as_the_script_queues_one() {
+    let app = spawn(no_workers()).await;
+    let fast = FastPath::new(app.redis.clone(), &app.config.redis_namespace);
+    let queue = HoldQueue::new(app.redis.clone(), &app.config);
+    let (practitioner, patient) = (Uuid::now_v7(), Uuid::now_v7());
+    let taken = slot(2, 10 * 60);
+    let mut conn = app.redis.clone();
+    let _: () = redis::cmd("SETBIT")
+        .arg(fast.keys().availability(practitioner, taken))
+        .arg(availability_bit(taken))
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Without keys (no script), then with one (the script).
+    let refused = item(practitioner, patient, taken, None, "h1");
+    let a = item(practitioner, patient, slot(2, 11 * 60), None, "h2");
+    let mut unchecked = item(practitioner, patient, taken, None, "h3");
+    unchecked.precheck = false;
+    let verdicts = fast
+        .admit_many(&[&refused, &a, &unchecked], &queue)
+        .await
+        .unwrap();
+    assert_eq!(
+        verdicts,
+        vec![
+            Admission::SlotTaken,
+            Admission::Admitted,
+            Admission::Admitted
+        ]
+    );
+    let keyed = item(practitioner, patient, slot(2, 12 * 60), Some("k"), "h4");
+    assert_eq!(
+        fast.admit_many(&[&keyed], &queue).await.unwrap(),
+        vec![Admission::Admitted]
+    );
+
+    let tasks = queued_tasks(&app).await;
+    let without = HoldQueue::task_id(a.job.request_id);
+    let with = HoldQueue::task_id(keyed.job.request_id);
+    assert_eq!(
+        tasks[&without].holds,
+        vec![a.job.clone(), unchecked.job.clone()]
+    );
+    assert_eq!(tasks[&with].holds, vec![keyed.job.clone()]);
+    // The same apalis metadata, both on the ready list, the requests counted.
+    let meta = apalis_config(&app.config).job_meta_hash();
+    let mut metas = Vec::new();
+    for id in [&without, &with] {
+        let m: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("{meta}:{id}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        metas.push(m);
+    }
+    assert_eq!(metas[0].len(), 4, "{metas:?}");
+    assert_eq!(metas[0], metas[1]);
+    let d = slotq_common::queue::depth(&mut conn, &app.config)
+        .await
+        .unwrap();
+    assert_eq!((d.ready, d.pending_requests), (2, 3), "{d:?}");
+    // Statuses of the admitted only, remembered as long as the script remembers them.
+    for (item, cached) in [
+        (&refused, false),
+        (&a, true),
+        (&unchecked, true),
+        (&keyed, true),
+    ] {
+        let id = item.job.request_id;
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(fast.keys().request(id))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            raw.as_deref(),
+            cached.then_some(item.status_json.as_str()),
+            "{id}"
+        );
+    }
+    let ttl = |id: Uuid| {
+        let key = fast.keys().request(id);
+        let mut conn = app.redis.clone();
+        async move {
+            let t: i64 = redis::cmd("TTL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            t
+        }
+    };
+    let (t_without, t_with) = (ttl(a.job.request_id).await, ttl(keyed.job.request_id).await);
+    assert!(
+        t_without > 86_000 && (t_without - t_with).abs() <= 2,
+        "{t_without} {t_with}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_admission_leaves_nothing_that_a_retry_could_take_for_an_admission() {
     let app = spawn(no_workers()).await;
     let fx = app.fixture().await;
