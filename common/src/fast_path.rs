@@ -156,7 +156,7 @@ impl FastPath {
     /// Registers submissions (see [`Admission`], one per item, in order) and queues the
     /// admitted ones as one job: in one atomic script when a request has an Idempotency-Key
     /// (one round trip; a failure leaves no idempotency record or status behind, see
-    /// `ADMIT_LUA`), else as [`Self::admit_keyless`].
+    /// `ADMIT_LUA`), else with a pre-check read and one `MULTI` (`admit_keyless`).
     pub async fn admit_many(
         &self,
         items: &[&AdmitItem],
