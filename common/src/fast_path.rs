@@ -217,7 +217,8 @@ impl FastPath {
     /// [`Self::admit_many`] for a group in which no request has an Idempotency-Key: nothing to
     /// judge atomically, so no script. Redis ran the script's commands at the cost of native
     /// ones, but each `redis.call` and each argument handed to Lua cost it ~3-4 µs more: ~16 µs
-    /// of command time per request against ~5 µs as a `MULTI` (loadtest/README.md, change 27).
+    /// of command time per request against ~5 µs as a `MULTI` (loadtest/README.md, change 27;
+    /// ingress pays ~12 % more instructions per submission for the second round trip).
     /// Two round trips: the pre-check's bits are read first (a bit set right after only costs
     /// a needless trip through the queue, as with the script); then the admitted requests' job
     /// and `queued` statuses go in one `MULTI`/`EXEC`, which Redis runs whole or not at all.

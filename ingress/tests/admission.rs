@@ -26,6 +26,25 @@ fn no_workers() -> Options {
     }
 }
 
+/// A stack without workers, its fast path and its hold queue.
+async fn admission_setting() -> (TestApp, FastPath, HoldQueue) {
+    let app = spawn(no_workers()).await;
+    let fast = FastPath::new(app.redis.clone(), &app.config.redis_namespace);
+    let queue = HoldQueue::new(app.redis.clone(), &app.config);
+    (app, fast, queue)
+}
+
+/// Sets a slot's availability bit, as a decided hold does.
+async fn mark_taken(app: &TestApp, fast: &FastPath, practitioner: Uuid, at: chrono::DateTime<Utc>) {
+    let _: () = redis::cmd("SETBIT")
+        .arg(fast.keys().availability(practitioner, at))
+        .arg(availability_bit(at))
+        .arg(1)
+        .query_async(&mut app.redis.clone())
+        .await
+        .unwrap();
+}
+
 /// Every queued job, by task id.
 async fn queued_tasks(app: &TestApp) -> HashMap<String, HoldTask> {
     let raw: HashMap<String, String> = redis::cmd("HGETALL")
@@ -132,19 +151,11 @@ fn item(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_call_judges_idempotency_and_the_precheck_request_by_request() {
-    let app = spawn(no_workers()).await;
-    let fast = FastPath::new(app.redis.clone(), &app.config.redis_namespace);
-    let queue = HoldQueue::new(app.redis.clone(), &app.config);
+    let (app, fast, queue) = admission_setting().await;
     let (practitioner, patient) = (Uuid::now_v7(), Uuid::now_v7());
     let (free, taken) = (slot(2, 9 * 60), slot(2, 10 * 60));
     let mut conn = app.redis.clone();
-    let _: () = redis::cmd("SETBIT")
-        .arg(fast.keys().availability(practitioner, taken))
-        .arg(availability_bit(taken))
-        .arg(1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    mark_taken(&app, &fast, practitioner, taken).await;
 
     let first = item(practitioner, patient, free, Some("k1"), "h1");
     let retry = item(practitioner, patient, free, Some("k1"), "h1");
@@ -209,19 +220,11 @@ async fn one_call_judges_idempotency_and_the_precheck_request_by_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_without_idempotency_keys_is_queued_as_the_script_queues_one() {
-    let app = spawn(no_workers()).await;
-    let fast = FastPath::new(app.redis.clone(), &app.config.redis_namespace);
-    let queue = HoldQueue::new(app.redis.clone(), &app.config);
+    let (app, fast, queue) = admission_setting().await;
     let (practitioner, patient) = (Uuid::now_v7(), Uuid::now_v7());
     let taken = slot(2, 10 * 60);
     let mut conn = app.redis.clone();
-    let _: () = redis::cmd("SETBIT")
-        .arg(fast.keys().availability(practitioner, taken))
-        .arg(availability_bit(taken))
-        .arg(1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    mark_taken(&app, &fast, practitioner, taken).await;
     // Without keys (no script), then with one (the script).
     let refused = item(practitioner, patient, taken, None, "h1");
     let a = item(practitioner, patient, slot(2, 11 * 60), None, "h2");

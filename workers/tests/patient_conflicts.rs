@@ -185,6 +185,21 @@ async fn concurrent_same_time_requests_in_several_countries_hold_exactly_one() {
     app.stop().await;
 }
 
+/// A stack without workers (the test decides batches itself), a hold TTL, a slot start three
+/// days ahead and a base submission time.
+async fn batch_setting() -> (TestApp, Duration, DateTime<Utc>, DateTime<Utc>) {
+    let app = spawn(Options {
+        workers: false,
+        scheduler: false,
+        env: vec![],
+    })
+    .await;
+    let t = (Utc::now() + chrono::Duration::days(3))
+        .duration_trunc(chrono::Duration::minutes(30))
+        .unwrap();
+    (app, Duration::from_secs(600), t, Utc::now())
+}
+
 /// A candidate for `commit_batch`, submitted `order` milliseconds after `base`.
 fn candidate(
     patient: Uuid,
@@ -228,17 +243,7 @@ fn rejected(reason: &str) -> (String, Option<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_batch_decides_same_time_requests_across_countries_in_submission_order() {
-    let app = spawn(Options {
-        workers: false,
-        scheduler: false,
-        env: vec![],
-    })
-    .await;
-    let ttl = Duration::from_secs(600);
-    let t = (Utc::now() + chrono::Duration::days(3))
-        .duration_trunc(chrono::Duration::minutes(30))
-        .unwrap();
-    let base = Utc::now();
+    let (app, ttl, t, base) = batch_setting().await;
     let (p, q) = (Uuid::now_v7(), Uuid::now_v7());
     let (fr_a, de_b, de_b2, es_c, it_d) = (
         Uuid::now_v7(),
@@ -308,17 +313,7 @@ async fn one_batch_decides_same_time_requests_across_countries_in_submission_ord
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_refused_by_an_index_other_than_the_slot_gate_still_gets_its_decision() {
-    let app = spawn(Options {
-        workers: false,
-        scheduler: false,
-        env: vec![],
-    })
-    .await;
-    let ttl = Duration::from_secs(600);
-    let t = (Utc::now() + chrono::Duration::days(3))
-        .duration_trunc(chrono::Duration::minutes(30))
-        .unwrap();
-    let base = Utc::now();
+    let (app, ttl, t, base) = batch_setting().await;
     let (practitioner, other) = (Uuid::now_v7(), Uuid::now_v7());
     let odd = candidate(Uuid::now_v7(), practitioner, "FR", t, base, 0);
     let fine = candidate(Uuid::now_v7(), other, "FR", t, base, 1);

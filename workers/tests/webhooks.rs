@@ -578,6 +578,18 @@ async fn the_subscription_api_validates_input_and_answers_problem_json() {
     app.stop().await;
 }
 
+/// Whether a dispatcher could take the cursor now (tried in a transaction of its own, rolled
+/// back).
+async fn cursor_free(pool: &sqlx::PgPool) -> bool {
+    let mut tx = pool.begin().await.unwrap();
+    let free = slotq_common::db::outbox::lock_dispatch_cursor(&mut tx)
+        .await
+        .unwrap()
+        .is_some();
+    tx.rollback().await.unwrap();
+    free
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_fan_out_locks_no_row_so_its_commit_waits_for_no_wal_flush() {
     use slotq_common::db::{outbox, webhooks};
@@ -606,23 +618,9 @@ async fn an_idle_fan_out_locks_no_row_so_its_commit_waits_for_no_wal_flush() {
         .unwrap();
     assert_eq!(xid, None);
     // The lock is held all the same: a second dispatcher finds the cursor taken.
-    let mut other = app.pool.begin().await.unwrap();
-    assert!(
-        outbox::lock_dispatch_cursor(&mut other)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    other.rollback().await.unwrap();
+    assert!(!cursor_free(&app.pool).await);
     tx.commit().await.unwrap();
-    let mut after = app.pool.begin().await.unwrap();
-    assert!(
-        outbox::lock_dispatch_cursor(&mut after)
-            .await
-            .unwrap()
-            .is_some()
-    );
-    after.rollback().await.unwrap();
+    assert!(cursor_free(&app.pool).await);
     app.stop().await;
 }
 
@@ -679,14 +677,7 @@ async fn the_dispatch_cursor_never_passes_a_row_whose_transaction_is_still_runni
             .is_some()
     );
     t1.commit().await.unwrap();
-    let mut other = app.pool.begin().await.unwrap();
-    assert!(
-        outbox::lock_dispatch_cursor(&mut other)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    other.rollback().await.unwrap();
+    assert!(!cursor_free(&app.pool).await);
     holder.rollback().await.unwrap();
     // Both, in the order of their transactions, once no older transaction runs anywhere in
     // the cluster (other tests' databases count too: transaction ids are cluster-wide).
