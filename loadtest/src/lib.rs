@@ -254,8 +254,9 @@ async fn vacuum(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Baseline (and full baseline) then throughput, `repeat` times, so each ratio compares
-/// measurements taken minutes apart on the same machine.
+/// Baseline (and full baseline) then throughput, `repeat` times, then one closing baseline, so
+/// each round is compared with the single-row baselines taken just before and just after it
+/// on the same machine (whose speed drifts within minutes).
 async fn pairs(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let s = &ctx.settings;
     let with_throughput = s.scenarios.contains(&Scenario::Throughput);
@@ -290,11 +291,24 @@ async fn pairs(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         report.throughput.push(o.result);
     }
     if !report.throughput.is_empty() {
-        let mut ratios: Vec<f64> = report.throughput.iter().map(|t| t.ratio).collect();
+        // A closing baseline, so that every round has one before and one after it.
+        vacuum(&ctx.pool).await?;
+        eprintln!("slotq-loadtest: closing baseline …");
+        let closing = baseline::run(ctx, baseline::Mode::Insert).await?;
+        report.baseline.push(closing);
+        let after: Vec<f64> = report.baseline.iter().skip(1).map(|b| b.per_sec).collect();
+        for (t, after) in report.throughput.iter_mut().zip(after) {
+            scenarios::throughput::bracket(t, after);
+        }
+        let mut ratios: Vec<f64> = report
+            .throughput
+            .iter()
+            .map(|t| t.ratio_bracketed)
+            .collect();
         ratios.sort_by(f64::total_cmp);
         let median = ratios[ratios.len() / 2];
         report.target(
-            "decided/s ÷ single-row baseline",
+            "decided/s ÷ single-row baselines before+after",
             &format!("≥ {}×", targets::RATIO),
             format!(
                 "{median:.2}× (median of {}: {})",

@@ -77,6 +77,20 @@ async fn a_short_run_of_every_scenario_keeps_every_invariant_and_writes_the_json
     assert!(tp["decided"].as_u64().unwrap() > 0, "{tp}");
     assert_eq!(tp["decided"], tp["accepted"], "{tp}");
     assert!(tp["ratio"].as_f64().unwrap() > 0.0, "{tp}");
+    // One single-row baseline before the round and a closing one after it; the bracketed
+    // ratio divides by their mean.
+    let baselines = report["baseline"].as_array().unwrap();
+    assert_eq!(baselines.len(), 2, "{baselines:?}");
+    let (before, after) = (
+        baselines[0]["per_sec"].as_f64().unwrap(),
+        baselines[1]["per_sec"].as_f64().unwrap(),
+    );
+    assert_eq!(tp["baseline_after_per_sec"].as_f64().unwrap(), after);
+    let bracketed = tp["decided_per_sec"].as_f64().unwrap() / ((before + after) / 2.0);
+    assert!(
+        (tp["ratio_bracketed"].as_f64().unwrap() - bracketed).abs() < 1e-9,
+        "{tp}"
+    );
     assert!(report["baseline"][0]["committed"].as_u64().unwrap() > 0);
     assert!(report["full_baseline"][0]["committed"].as_u64().unwrap() > 0);
     let latency = &report["latency"];

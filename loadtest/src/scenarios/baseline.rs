@@ -1,5 +1,7 @@
 //! `baseline`: what a synchronous design achieves on the same PostgreSQL — the hold INSERT
-//! of `common/src/db/holds.rs` (same table, same unique indexes, `ON CONFLICT DO NOTHING`),
+//! of `common/src/db/holds.rs` (same table, same unique indexes, `ON CONFLICT` on the slot
+//! gate as the pipeline's batches do since loadtest/README.md change 25, so the synchronous
+//! design gets that saving too),
 //! one row per transaction, driven by as many connections as the pipeline has clients, for
 //! the same duration.
 //!
@@ -42,7 +44,8 @@ const HOLD_SQL: &str =
     "INSERT INTO bookings (id, request_id, country_code, practitioner_id, patient_id,
                       slot_start, slot_end, status, hold_expires_at)
  VALUES ($1, $2, 'FR', $3, $4, $5, $6, 'held', now() + make_interval(secs => $7))
- ON CONFLICT DO NOTHING
+ ON CONFLICT (country_code, practitioner_id, slot_start) WHERE status IN ('held', 'confirmed')
+ DO NOTHING
  RETURNING id";
 
 /// Runs the baseline for `ctx.settings.duration` on `ctx.settings.concurrency` connections.

@@ -135,6 +135,18 @@ pub async fn run(ctx: &Ctx, round: usize) -> anyhow::Result<Outcome> {
     Ok(Outcome { result, decisions })
 }
 
+/// Sets the round's bracketed ratio from the single-row baseline measured after it (the one
+/// before it is already in `t`).
+pub fn bracket(t: &mut ThroughputResult, after_per_sec: f64) {
+    t.baseline_after_per_sec = after_per_sec;
+    let mean = (t.baseline_per_sec + after_per_sec) / 2.0;
+    t.ratio_bracketed = if mean > 0.0 {
+        t.decided_per_sec / mean
+    } else {
+        0.0
+    };
+}
+
 /// Fills in the ratios to the baselines of the same pair.
 pub fn compare(
     t: &mut ThroughputResult,
