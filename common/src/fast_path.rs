@@ -221,7 +221,10 @@ impl FastPath {
     /// ingress pays ~12 % more instructions per submission for the second round trip).
     /// Two round trips: the pre-check's bits are read first (a bit set right after only costs
     /// a needless trip through the queue, as with the script); then the admitted requests' job
-    /// and `queued` statuses go in one `MULTI`/`EXEC`, which Redis runs whole or not at all.
+    /// and `queued` statuses go in one `MULTI`/`EXEC`: a connection lost before `EXEC` runs none
+    /// of it. A command that fails inside it (a key of the wrong type) does not undo the others,
+    /// as a failing script does not undo its earlier commands; the call then fails and the
+    /// submission is answered 503, never 202 (test: `ingress/tests/admission.rs`).
     async fn admit_keyless(
         &self,
         items: &[&AdmitItem],

@@ -312,13 +312,14 @@ async fn a_group_without_idempotency_keys_is_queued_as_the_script_queues_one() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_admission_leaves_nothing_that_a_retry_could_take_for_an_admission() {
+/// A submission while Redis fails half-way (the ready list under another type: `RPUSH` fails
+/// inside the admission script, or inside the `MULTI` of a keyless group, whose other commands
+/// Redis still runs) is answered 503, never 202; once Redis is right, the same submission is
+/// queued. With an Idempotency-Key, nothing is left that the retry could take for an admission.
+async fn a_half_way_failure(idempotency_key: Option<&str>) {
     let app = spawn(no_workers()).await;
     let fx = app.fixture().await;
     let mut conn = app.redis.clone();
-    // The ready list under another type: the push inside the admission script fails half-way
-    // (Redis does not undo what a script did before its error).
     let ready = apalis_config(&app.config).active_jobs_list();
     let _: () = redis::cmd("SET")
         .arg(&ready)
@@ -332,26 +333,31 @@ async fn a_failed_admission_leaves_nothing_that_a_retry_could_take_for_an_admiss
         "slot_start": slot(2, 9 * 60).to_rfc3339(),
     });
     let submit = || {
-        app.http
+        let mut req = app
+            .http
             .post(format!("{}/v1/booking-requests", app.base))
-            .header("idempotency-key", "retry-me")
-            .json(&body)
-            .send()
+            .json(&body);
+        if let Some(key) = idempotency_key {
+            req = req.header("idempotency-key", key);
+        }
+        req.send()
     };
     let res = submit().await.unwrap();
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["content-type"], "application/problem+json");
     assert!(res.headers().contains_key("retry-after"));
-    let ns = &app.config.redis_namespace;
-    for pattern in [format!("{ns}:idem:*"), format!("{ns}:req:*")] {
-        let left: Vec<String> = redis::cmd("KEYS")
-            .arg(&pattern)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert!(left.is_empty(), "{pattern}: {left:?}");
+    if idempotency_key.is_some() {
+        let ns = &app.config.redis_namespace;
+        for pattern in [format!("{ns}:idem:*"), format!("{ns}:req:*")] {
+            let left: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(left.is_empty(), "{pattern}: {left:?}");
+        }
     }
-    // Redis is right again: the retry with the same key is a new request, and it is queued.
+    // Redis is right again: the retry is a new request, and it is queued.
     let _: () = redis::cmd("DEL")
         .arg(&ready)
         .query_async(&mut conn)
@@ -375,4 +381,14 @@ async fn a_failed_admission_leaves_nothing_that_a_retry_could_take_for_an_admiss
         .unwrap();
     assert_eq!(listed, vec![HoldQueue::task_id(id)]);
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_admission_leaves_nothing_that_a_retry_could_take_for_an_admission() {
+    a_half_way_failure(Some("retry-me")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyless_admission_that_redis_fails_half_way_is_not_answered_as_accepted() {
+    a_half_way_failure(None).await;
 }
