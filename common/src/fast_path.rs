@@ -255,27 +255,14 @@ impl FastPath {
             .filter(|(_, v)| **v == Admission::Admitted)
             .map(|(item, _)| *item)
             .collect();
-        let Some(first) = admitted.first() else {
+        if admitted.is_empty() {
             return Ok(verdicts);
-        };
-        let mut data = Vec::with_capacity(admitted.len() * 320 + 12);
-        data.extend_from_slice(br#"{"holds":["#);
-        for (n, item) in admitted.iter().enumerate() {
-            if n > 0 {
-                data.push(b',');
-            }
-            serde_json::to_writer(&mut data, &item.job).map_err(json_err)?;
         }
-        data.extend_from_slice(b"]}");
+        let jobs: Vec<&crate::queue::HoldJob> = admitted.iter().map(|i| &i.job).collect();
         let mut pipe = redis::pipe();
         pipe.atomic();
         // The task id is the first admitted request's, new like every id ingress gives.
-        queue.push_commands(
-            &mut pipe,
-            &crate::queue::HoldQueue::task_id(first.job.request_id),
-            &data,
-            admitted.len(),
-        );
+        queue.push_commands(&mut pipe, &jobs).map_err(json_err)?;
         for item in &admitted {
             pipe.set_ex(
                 self.keys.request(item.job.request_id),

@@ -59,6 +59,15 @@ pub struct HoldTask {
     pub holds: Vec<HoldJob>,
 }
 
+/// A [`HoldTask`]'s JSON, written from borrowed jobs (no copy of them).
+pub fn task_data(jobs: &[&HoldJob]) -> Result<Vec<u8>, serde_json::Error> {
+    #[derive(Serialize)]
+    struct Borrowed<'a> {
+        holds: &'a [&'a HoldJob],
+    }
+    serde_json::to_vec(&Borrowed { holds: jobs })
+}
+
 impl<'de> Deserialize<'de> for HoldTask {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::{Error, IgnoredAny, MapAccess, Visitor};
@@ -210,17 +219,20 @@ impl HoldQueue {
     }
 
     /// Adds `push_hold`'s commands (the Lua function above, command for command) to an atomic
-    /// pipeline: job `data` under task `id`, `requests` of them. For callers that know the task
+    /// pipeline: one job of `jobs`, under the first one's task id. For callers that know that
     /// id is new (a fresh request id), since a pipeline cannot stop at `HSETNX`'s answer.
+    /// Nothing is added for no jobs.
     pub fn push_commands(
         &self,
         pipe: &mut redis::Pipeline,
-        id: &str,
-        data: &[u8],
-        requests: usize,
-    ) {
+        jobs: &[&HoldJob],
+    ) -> Result<(), serde_json::Error> {
+        let Some(first) = jobs.first() else {
+            return Ok(());
+        };
+        let id = Self::task_id(first.request_id);
         let [data_hash, ready, signal, meta, pending] = &self.keys;
-        pipe.hset_nx(data_hash, id, data).ignore();
+        pipe.hset_nx(data_hash, &id, task_data(jobs)?).ignore();
         pipe.hset_multiple(
             format!("{meta}:{id}"),
             &[
@@ -231,17 +243,18 @@ impl HoldQueue {
             ],
         )
         .ignore();
-        pipe.rpush(ready, id).ignore();
+        pipe.rpush(ready, &id).ignore();
         pipe.del(signal).ignore();
         pipe.lpush(signal, 1).ignore();
-        pipe.incr(pending, requests).ignore();
+        pipe.incr(pending, jobs.len()).ignore();
+        Ok(())
     }
 
     /// Appends a job of one request to the ready list in one round trip; `false` when that
     /// request's job was already queued.
     pub async fn push(&self, job: HoldJob) -> Result<bool, PushError> {
         let id = Self::task_id(job.request_id);
-        let data = serde_json::to_vec(&HoldTask { holds: vec![job] })?;
+        let data = task_data(&[&job])?;
         let mut inv = self.script.prepare_invoke();
         for k in &self.keys {
             inv.key(k);

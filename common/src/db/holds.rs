@@ -641,7 +641,8 @@ macro_rules! insert_holds_sql {
 
 /// The hold insert that skips a row conflicting with any unique index of `bookings`; public
 /// for the tests of its plan. Used for a batch in which one patient asks for the same instant
-/// more than once, where `bookings_patient_no_overlap` must skip the later rows of one round.
+/// more than once, where `bookings_patient_no_overlap` must skip the later rows of one round,
+/// and when [`commit_batch`] decides a batch again after [`INSERT_HOLDS_SLOT_ARBITER`] failed.
 pub const INSERT_HOLDS: &str = insert_holds_sql!("ON CONFLICT DO NOTHING");
 
 /// The hold insert of every other batch: only the slot gate arbitrates. `ON CONFLICT DO

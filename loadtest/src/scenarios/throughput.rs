@@ -139,12 +139,19 @@ pub async fn run(ctx: &Ctx, round: usize) -> anyhow::Result<Outcome> {
 /// before it is already in `t`).
 pub fn bracket(t: &mut ThroughputResult, after_per_sec: f64) {
     t.baseline_after_per_sec = after_per_sec;
-    let mean = (t.baseline_per_sec + after_per_sec) / 2.0;
-    t.ratio_bracketed = if mean > 0.0 {
-        t.decided_per_sec / mean
+    t.ratio_bracketed = ratio(
+        t.decided_per_sec,
+        (t.baseline_per_sec + after_per_sec) / 2.0,
+    );
+}
+
+/// `decided` ÷ `baseline`; 0 without a baseline.
+fn ratio(decided: f64, baseline: f64) -> f64 {
+    if baseline > 0.0 {
+        decided / baseline
     } else {
         0.0
-    };
+    }
 }
 
 /// Fills in the ratios to the baselines of the same pair.
@@ -153,13 +160,12 @@ pub fn compare(
     baseline: Option<&crate::report::BaselineResult>,
     full: Option<&crate::report::BaselineResult>,
 ) {
-    let ratio = |b: f64| if b > 0.0 { t.decided_per_sec / b } else { 0.0 };
     if let Some(b) = baseline {
         t.baseline_per_sec = b.per_sec;
-        t.ratio = ratio(b.per_sec);
+        t.ratio = ratio(t.decided_per_sec, b.per_sec);
     }
     if let Some(f) = full {
         t.full_baseline_per_sec = f.per_sec;
-        t.ratio_full = ratio(f.per_sec);
+        t.ratio_full = ratio(t.decided_per_sec, f.per_sec);
     }
 }
