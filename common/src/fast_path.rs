@@ -286,7 +286,12 @@ impl FastPath {
 
     /// After a batch commit: caches each decision, marks held (and found-taken) slots taken,
     /// subtracts the decisions from the pending-requests counter and announces the decided
-    /// ids. One round trip.
+    /// ids. One round trip, a plain pipeline rather than `MULTI`/`EXEC`: a transaction made
+    /// Redis queue every command and answer it twice (`QUEUED`, then in `EXEC`'s array), and
+    /// the workers parse every answer (loadtest/README.md, change 28). Nothing here needs it:
+    /// the commands of one connection run in order (each status is stored before the
+    /// announcement that wakes its long-polls), every value is a cache PostgreSQL backs, and
+    /// [`mark`] orders its commands so that no interleaving with a rebuild loses a bit.
     pub async fn publish_decisions(&self, views: &[RequestView]) -> redis::RedisResult<()> {
         if views.is_empty() {
             return Ok(());
@@ -321,11 +326,11 @@ impl FastPath {
             }
             ids.push_str(&v.id.to_string());
         }
-        self.mark(&mut pipe, taken);
+        mark(&self.keys, &mut pipe, taken);
         pipe.decr(self.keys.pending_requests(), views.len())
             .ignore();
         pipe.publish(self.keys.decided_channel(), ids).ignore();
-        pipe.atomic().query_async(&mut self.conn.clone()).await
+        pipe.query_async(&mut self.conn.clone()).await
     }
 
     /// After a booking changed status (confirmed, expired, cancelled): drops the cached request
@@ -346,7 +351,7 @@ impl FastPath {
             .filter(|c| c.3)
             .map(|&(_, practitioner, slot, _)| (practitioner, slot, false))
             .collect();
-        self.mark(&mut pipe, freed);
+        mark(&self.keys, &mut pipe, freed);
         pipe.atomic().query_async(&mut self.conn.clone()).await
     }
 
@@ -367,27 +372,6 @@ impl FastPath {
             pipe.expire_at(&version, bitmap_expiry(*day)).ignore();
         }
         pipe.atomic().query_async(&mut self.conn.clone()).await
-    }
-
-    /// Sets (`taken`) or clears slots' availability bits; each day's change counter is
-    /// bumped once, and its keys' expiry set once, however many of its slots change.
-    fn mark(&self, pipe: &mut redis::Pipeline, mut slots: Vec<(Uuid, DateTime<Utc>, bool)>) {
-        slots.sort_unstable_by_key(|&(p, at, _)| (p, at.date_naive()));
-        let mut last_day = None;
-        for (practitioner, slot_start, taken) in slots {
-            let day = slot_start.date_naive();
-            let key = self.keys.availability_day(practitioner, day);
-            pipe.setbit(&key, availability_bit(slot_start) as usize, taken)
-                .ignore();
-            if last_day != Some((practitioner, day)) {
-                last_day = Some((practitioner, day));
-                let version = self.keys.availability_version(practitioner, day);
-                let expire = bitmap_expiry(day);
-                pipe.incr(&version, 1).ignore();
-                pipe.expire_at(&key, expire).ignore();
-                pipe.expire_at(&version, expire).ignore();
-            }
-        }
     }
 
     /// The availability bitmaps (and their change counters) of `(practitioner, UTC day)`
@@ -451,6 +435,41 @@ impl FastPath {
     }
 }
 
+/// Adds to `pipe` the commands that set (`taken`) or clear slots' availability bits; each
+/// day's change counter is bumped once, and its keys' expiry set once, however many of its
+/// slots change.
+///
+/// Per day, the counter is bumped *before* the bits change, so these commands need no
+/// transaction around them: a rebuild's compare-and-set (`REBUILD_LUA`, one atomic script)
+/// that runs before the bump stores its bitmap before our bits are written over it, and one
+/// that runs after the bump finds the counter changed and stores nothing. (Bits first and the
+/// bump after would let a rebuild that read PostgreSQL before our change overwrite it in
+/// between, and the bitmap would keep the old bit for as long as it lives.) The bitmap's
+/// expiry is set after its bits, which create it when missing.
+fn mark(keys: &Keys, pipe: &mut redis::Pipeline, mut slots: Vec<(Uuid, DateTime<Utc>, bool)>) {
+    slots.sort_unstable_by_key(|&(p, at, _)| (p, at.date_naive()));
+    let mut i = 0;
+    while i < slots.len() {
+        let (practitioner, first, _) = slots[i];
+        let day = first.date_naive();
+        let same_day = slots[i..]
+            .iter()
+            .take_while(|(p, at, _)| *p == practitioner && at.date_naive() == day)
+            .count();
+        let key = keys.availability_day(practitioner, day);
+        let version = keys.availability_version(practitioner, day);
+        let expire = bitmap_expiry(day);
+        pipe.incr(&version, 1).ignore();
+        pipe.expire_at(&version, expire).ignore();
+        for &(_, slot_start, taken) in &slots[i..i + same_day] {
+            pipe.setbit(&key, availability_bit(slot_start) as usize, taken)
+                .ignore();
+        }
+        pipe.expire_at(&key, expire).ignore();
+        i += same_day;
+    }
+}
+
 /// Bitmaps live until two days after their date; they are only a cache.
 fn bitmap_expiry(day: NaiveDate) -> i64 {
     day.and_time(chrono::NaiveTime::MIN).and_utc().timestamp() + 2 * 86_400
@@ -468,4 +487,125 @@ return 1
 
 fn json_err(e: serde_json::Error) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Client, "json", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        reason = "a test fails loudly on the first surprise"
+    )]
+
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::redis_keys::{BUILT_BIT, set_bit};
+
+    /// A stale rebuild — it read the change counter and PostgreSQL before a hold was
+    /// published — runs at every point between the commands that publish the hold (the
+    /// pipeline is not a transaction, so Redis may run another client's script between any
+    /// two of them). The slot must end up marked taken every time: the rebuild either stores
+    /// before the bit is written, or finds the counter moved and stores nothing.
+    #[tokio::test]
+    async fn a_stale_rebuild_between_any_two_marking_commands_never_loses_the_bit() {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let mut conn = crate::redis_connect(&url).await.unwrap();
+        let practitioner = Uuid::now_v7();
+        let other_day = Uuid::now_v7();
+        let at = Utc.with_ymd_and_hms(2030, 5, 6, 9, 30, 0).single().unwrap();
+        let slots = vec![
+            (practitioner, at, true),
+            (practitioner, at + chrono::Duration::minutes(30), true),
+            (other_day, at + chrono::Duration::days(1), true),
+        ];
+        let mut stale = Vec::new();
+        set_bit(&mut stale, BUILT_BIT);
+        let rebuild = redis::Script::new(REBUILD_LUA);
+
+        let ns = format!("t-mark-{}", Uuid::new_v4().simple());
+        let keys = Keys::new(&ns);
+        let mut pipe = redis::pipe();
+        mark(&keys, &mut pipe, slots.clone());
+        let commands: Vec<redis::Cmd> = pipe.cmd_iter().cloned().collect();
+        for k in 0..=commands.len() {
+            let ns = format!("t-mark-{}", Uuid::new_v4().simple());
+            let keys = Keys::new(&ns);
+            let mut pipe = redis::pipe();
+            mark(&keys, &mut pipe, slots.clone());
+            let commands: Vec<redis::Cmd> = pipe.cmd_iter().cloned().collect();
+            // The rebuild reads the counters first, then PostgreSQL (no hold yet).
+            let mut seen = Vec::new();
+            for (p, when, _) in &slots {
+                let v: Option<String> = redis::cmd("GET")
+                    .arg(keys.availability_version(*p, when.date_naive()))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                seen.push(v);
+            }
+            for c in &commands[..k] {
+                c.query_async::<redis::Value>(&mut conn).await.unwrap();
+            }
+            for ((p, when, _), v) in slots.iter().zip(&seen) {
+                let _: i32 = rebuild
+                    .key(keys.availability_day(*p, when.date_naive()))
+                    .key(keys.availability_version(*p, when.date_naive()))
+                    .arg(v.as_deref().unwrap_or(""))
+                    .arg(&stale)
+                    .arg(bitmap_expiry(when.date_naive()))
+                    .invoke_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            for c in &commands[k..] {
+                c.query_async::<redis::Value>(&mut conn).await.unwrap();
+            }
+            for (p, when, _) in &slots {
+                let key = keys.availability_day(*p, when.date_naive());
+                let bit: bool = redis::cmd("GETBIT")
+                    .arg(&key)
+                    .arg(availability_bit(*when))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert!(bit, "bit of {when} lost with the rebuild after command {k}");
+                let ttl: i64 = redis::cmd("TTL")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert!(ttl > 0, "{key} has no expiry (rebuild after command {k})");
+            }
+            let _: () = redis::cmd("DEL")
+                .arg(
+                    slots
+                        .iter()
+                        .flat_map(|(p, when, _)| {
+                            [
+                                keys.availability_day(*p, when.date_naive()),
+                                keys.availability_version(*p, when.date_naive()),
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                )
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        // Two days, one counter bump and one expiry each, however many slots a day has.
+        let names: Vec<String> = commands
+            .iter()
+            .map(|c| match c.args_iter().next() {
+                Some(redis::Arg::Simple(name)) => String::from_utf8_lossy(name).into_owned(),
+                _ => String::new(),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "INCRBY", "EXPIREAT", "SETBIT", "SETBIT", "EXPIREAT", "INCRBY", "EXPIREAT",
+                "SETBIT", "EXPIREAT"
+            ]
+        );
+    }
 }

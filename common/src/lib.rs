@@ -14,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod fast_path;
+pub mod json_time;
 pub mod lookup;
 pub mod metrics;
 pub mod pii;

@@ -21,8 +21,10 @@ pub struct HoldJob {
     /// Practitioner.
     pub practitioner_id: Uuid,
     /// Slot asked for.
+    #[serde(serialize_with = "crate::json_time::utc")]
     pub slot_start: DateTime<Utc>,
     /// When ingress accepted it (start of the decision latency).
+    #[serde(serialize_with = "crate::json_time::utc")]
     pub submitted_at: DateTime<Utc>,
     /// The client's Idempotency-Key, recorded with the decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -137,6 +137,27 @@ impl Dispatcher {
         let wanted = webhooks::wanted_event_types(&mut tx)
             .await
             .context("reading subscriptions")?;
+        if wanted.is_empty() {
+            // Nobody wants any event: move the cursor over the next rows without reading them.
+            let Some((last, n)) = outbox::skip_after(&mut tx, &cursor, self.outbox.batch)
+                .await
+                .context("skipping outbox rows")?
+            else {
+                tx.commit().await.context("commit")?;
+                return Ok(0);
+            };
+            // Locked as below; a subscription that appeared meanwhile gets the full read.
+            let routes = webhooks::active_routes(&mut tx)
+                .await
+                .context("locking subscriptions")?;
+            if routes.is_empty() {
+                outbox::advance_dispatch_cursor(&mut tx, &last)
+                    .await
+                    .context("advancing the dispatch cursor")?;
+                tx.commit().await.context("commit")?;
+                return Ok(usize::try_from(n).unwrap_or(0));
+            }
+        }
         let mut claimed = outbox::undispatched_after(&mut tx, &cursor, self.outbox.batch, &wanted)
             .await
             .context("reading outbox rows")?;

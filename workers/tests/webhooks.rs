@@ -691,3 +691,98 @@ async fn the_dispatch_cursor_never_passes_a_row_whose_transaction_is_still_runni
     assert_eq!(read(app.pool.clone()).await, Vec::<i64>::new());
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_subscriber_the_cursor_skips_exactly_the_rows_a_read_would_return() {
+    use slotq_common::db::outbox;
+    let app = spawn(Options {
+        workers: false,
+        scheduler: false,
+        env: env(&[]),
+    })
+    .await;
+    let insert = "INSERT INTO outbox (event_id, type, aggregate_id, key, payload)
+                  VALUES ($1, 'booking.held', $1, 'k', '{}') RETURNING id";
+    let cursor = |pool: sqlx::PgPool| async move {
+        let mut tx = pool.begin().await.unwrap();
+        let c = outbox::lock_dispatch_cursor(&mut tx)
+            .await
+            .unwrap()
+            .unwrap();
+        tx.rollback().await.unwrap();
+        c
+    };
+    // Both statements in one transaction, against the same snapshot horizon.
+    let both = |pool: sqlx::PgPool, limit: i64| async move {
+        let mut tx = pool.begin().await.unwrap();
+        let c = outbox::lock_dispatch_cursor(&mut tx)
+            .await
+            .unwrap()
+            .unwrap();
+        let skip = outbox::skip_after(&mut tx, &c, limit).await.unwrap();
+        let rows = outbox::undispatched_after(&mut tx, &c, limit, &[])
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        (skip, rows)
+    };
+    // A running transaction holds its row, and the committed one after it, back.
+    let mut t1 = app.pool.begin().await.unwrap();
+    let early: i64 = sqlx::query_scalar(insert)
+        .bind(Uuid::now_v7())
+        .fetch_one(&mut *t1)
+        .await
+        .unwrap();
+    let mut later = Vec::new();
+    for _ in 0..3 {
+        later.push(
+            sqlx::query_scalar::<_, i64>(insert)
+                .bind(Uuid::now_v7())
+                .fetch_one(&app.pool)
+                .await
+                .unwrap(),
+        );
+    }
+    let (skip, rows) = both(app.pool.clone(), 100).await;
+    assert_eq!(skip, None);
+    assert!(rows.is_empty());
+    t1.commit().await.unwrap();
+
+    // Once nothing older runs anywhere in the cluster: the same count and last position as
+    // the read, also when the limit cuts the rows short.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (skip, rows) = both(app.pool.clone(), 100).await;
+        if rows.len() == 4 || std::time::Instant::now() > deadline {
+            let (last, n) = skip.expect("rows to skip");
+            assert_eq!(n, 4);
+            assert_eq!(last, rows[3].at);
+            assert_eq!(last.id, later[2]);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (skip, rows) = both(app.pool.clone(), 2).await;
+    let (last, n) = skip.expect("rows to skip");
+    assert_eq!((n, last.id), (2, later[0]));
+    assert_eq!(
+        rows.iter().map(|r| r.event.id).collect::<Vec<_>>(),
+        vec![early, later[0]]
+    );
+    assert_eq!(last, rows[1].at);
+
+    // The dispatcher of a stack without subscriptions moves its cursor over all four.
+    let workers = start_workers(&app).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cursor(app.pool.clone()).await.id != later[2] && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cursor(app.pool.clone()).await.id, later[2]);
+    let deliveries: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(deliveries, 0);
+    workers.stop().await;
+    app.stop().await;
+}

@@ -873,7 +873,7 @@ async fn record_decisions(
          ), ev AS (
              INSERT INTO outbox (event_id, type, aggregate_id, key, payload)
              SELECT e.id, e.t, e.a, e.k, e.p
-             FROM unnest($12::uuid[], $13::text[], $14::uuid[], $15::text[], $16::jsonb[],
+             FROM unnest($12::uuid[], $13::text[], $14::uuid[], $15::text[], $16::text[]::jsonb[],
                          $17::uuid[]) WITH ORDINALITY AS e(id, t, a, k, p, req, ord)
              WHERE e.req IN (SELECT id FROM rec)
              ORDER BY e.ord

@@ -24,7 +24,11 @@ pub struct RequestView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub booking_id: Option<Uuid>,
     /// When the hold runs out (while held).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::json_time::utc_opt"
+    )]
     pub hold_expires_at: Option<DateTime<Utc>>,
     /// Why the request was rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -34,11 +38,17 @@ pub struct RequestView {
     /// The patient.
     pub patient_id: Uuid,
     /// The slot asked for.
+    #[serde(serialize_with = "crate::json_time::utc")]
     pub slot_start: DateTime<Utc>,
     /// When ingress accepted the request.
+    #[serde(serialize_with = "crate::json_time::utc")]
     pub submitted_at: DateTime<Utc>,
     /// When the decision was committed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::json_time::utc_opt"
+    )]
     pub decided_at: Option<DateTime<Utc>>,
 }
 
