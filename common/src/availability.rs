@@ -106,7 +106,7 @@ pub async fn rebuild_pairs(
 async fn rebuild(
     pool: &PgPool,
     fast: &FastPath,
-    missing: &[(Uuid, NaiveDate, Option<String>)],
+    missing: &[(Uuid, NaiveDate, u32)],
 ) -> Result<HashMap<(Uuid, NaiveDate), Vec<u8>>, AvailabilityError> {
     let mut ids: Vec<Uuid> = missing.iter().map(|m| m.0).collect();
     ids.sort_unstable();
@@ -145,10 +145,7 @@ async fn rebuild(
     }
     let stores = missing.iter().map(|(p, d, version)| {
         let bitmap = built.get(&(*p, *d)).cloned().unwrap_or_default();
-        async move {
-            fast.store_rebuilt(*p, *d, version.as_deref(), &bitmap)
-                .await
-        }
+        async move { fast.store_rebuilt(*p, *d, *version, &bitmap).await }
     });
     for stored in join_all(stores).await {
         stored?;

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::{
     db::requests::RequestView,
-    redis_keys::{Keys, availability_bit},
+    redis_keys::{COUNTER_BIT, Keys, availability_bit, bitmap_counter},
 };
 
 /// How long idempotency keys and final statuses are remembered.
@@ -355,97 +355,93 @@ impl FastPath {
         pipe.atomic().query_async(&mut self.conn.clone()).await
     }
 
-    /// Drops the availability bitmaps of `(practitioner, UTC day)` pairs and bumps their
+    /// Clears the availability bitmaps of `(practitioner, UTC day)` pairs and bumps their
     /// change counters, so the next read rebuilds them from PostgreSQL and a rebuild already
     /// under way does not store what it read before (used after reschedules, whose own updates
     /// may land out of order). Until then the pre-check admits, and PostgreSQL decides.
+    /// The bits are zeroed rather than the key deleted: the counter lives in the bitmap, and a
+    /// deleted one would start again from 0, where a rebuild that read a missing bitmap before
+    /// could still store.
     pub async fn invalidate_days(&self, days: &[(Uuid, NaiveDate)]) -> redis::RedisResult<()> {
         if days.is_empty() {
             return Ok(());
         }
+        let zeros = vec![0u8; (COUNTER_BIT / 8) as usize];
         let mut pipe = redis::pipe();
         for (practitioner, day) in days {
-            let version = self.keys.availability_version(*practitioner, *day);
-            pipe.del(self.keys.availability_day(*practitioner, *day))
+            let key = self.keys.availability_day(*practitioner, *day);
+            pipe.cmd("BITFIELD")
+                .arg(&key)
+                .arg("INCRBY")
+                .arg("u32")
+                .arg(COUNTER_BIT)
+                .arg(1)
                 .ignore();
-            pipe.incr(&version, 1).ignore();
-            pipe.expire_at(&version, bitmap_expiry(*day)).ignore();
+            pipe.cmd("SETRANGE").arg(&key).arg(0).arg(&zeros).ignore();
+            pipe.expire_at(&key, bitmap_expiry(*day)).ignore();
         }
         pipe.atomic().query_async(&mut self.conn.clone()).await
     }
 
-    /// The availability bitmaps (and their change counters) of `(practitioner, UTC day)`
-    /// pairs, in one round trip.
+    /// The availability bitmaps of `(practitioner, UTC day)` pairs with their change counters
+    /// ([`bitmap_counter`]), in one round trip.
     pub async fn bitmaps(
         &self,
         pairs: &[(Uuid, NaiveDate)],
-    ) -> redis::RedisResult<Vec<(Vec<u8>, Option<String>)>> {
+    ) -> redis::RedisResult<Vec<(Vec<u8>, u32)>> {
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for (p, day) in pairs {
             pipe.get(self.keys.availability_day(*p, *day));
-            pipe.get(self.keys.availability_version(*p, *day));
         }
-        let flat: Vec<(Option<Vec<u8>>, Option<String>)> = {
-            let values: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await?;
-            values
-                .chunks(2)
-                .map(|c| {
-                    let bitmap = c.first().and_then(|v| {
-                        redis::from_redis_value::<Option<Vec<u8>>>(v.clone())
-                            .ok()
-                            .flatten()
-                    });
-                    let version = c.get(1).and_then(|v| {
-                        redis::from_redis_value::<Option<String>>(v.clone())
-                            .ok()
-                            .flatten()
-                    });
-                    (bitmap, version)
-                })
-                .collect()
-        };
-        Ok(flat
+        let bitmaps: Vec<Option<Vec<u8>>> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(bitmaps
             .into_iter()
-            .map(|(b, v)| (b.unwrap_or_default(), v))
+            .map(|b| {
+                let b = b.unwrap_or_default();
+                let counter = bitmap_counter(&b);
+                (b, counter)
+            })
             .collect())
     }
 
-    /// Stores a bitmap rebuilt from PostgreSQL unless it changed since `seen_version` was read
-    /// (compare-and-set on the change counter). Returns whether it was stored.
+    /// Stores a bitmap rebuilt from PostgreSQL unless it changed since its counter `seen` was
+    /// read (compare-and-set on the change counter; the stored bitmap's counter is `seen + 1`,
+    /// so a second rebuild that read `seen` stores nothing either). Returns whether it was
+    /// stored.
     pub async fn store_rebuilt(
         &self,
         practitioner: Uuid,
         day: NaiveDate,
-        seen_version: Option<&str>,
+        seen: u32,
         bitmap: &[u8],
     ) -> redis::RedisResult<bool> {
         let stored: i32 = self
             .rebuild
             .key(self.keys.availability_day(practitioner, day))
-            .key(self.keys.availability_version(practitioner, day))
-            .arg(seen_version.unwrap_or(""))
+            .arg(seen)
             .arg(bitmap)
             .arg(bitmap_expiry(day))
+            .arg(COUNTER_BIT)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(stored == 1)
     }
 }
 
-/// Adds to `pipe` the commands that set (`taken`) or clear slots' availability bits; each
-/// day's change counter is bumped once, and its keys' expiry set once, however many of its
-/// slots change.
+/// Adds to `pipe` the commands that set (`taken`) or clear slots' availability bits: per
+/// practitioner and day one `BITFIELD` that increments the bitmap's change counter and sets
+/// the bits of all its slots that change, then the bitmap's expiry (set after the bits,
+/// which create it when missing).
 ///
-/// Per day, the counter is bumped *before* the bits change, so these commands need no
-/// transaction around them: a rebuild's compare-and-set (`REBUILD_LUA`, one atomic script)
-/// that runs before the bump stores its bitmap before our bits are written over it, and one
-/// that runs after the bump finds the counter changed and stores nothing. (Bits first and the
-/// bump after would let a rebuild that read PostgreSQL before our change overwrite it in
-/// between, and the bitmap would keep the old bit for as long as it lives.) The bitmap's
-/// expiry is set after its bits, which create it when missing.
+/// Counter and bits change in one command, so these commands need no transaction around
+/// them: a rebuild's compare-and-set (`REBUILD_LUA`, one atomic script) runs either before
+/// the change, and the change is applied over what it stored, or after it, and finds the
+/// counter moved and stores nothing. (With the counter in a key of its own, bits first and
+/// the bump after would have let a rebuild that read PostgreSQL before our change overwrite
+/// it in between, and the bitmap would have kept the old bit for as long as it lives.)
 fn mark(keys: &Keys, pipe: &mut redis::Pipeline, mut slots: Vec<(Uuid, DateTime<Utc>, bool)>) {
     slots.sort_unstable_by_key(|&(p, at, _)| (p, at.date_naive()));
     let mut i = 0;
@@ -457,15 +453,22 @@ fn mark(keys: &Keys, pipe: &mut redis::Pipeline, mut slots: Vec<(Uuid, DateTime<
             .take_while(|(p, at, _)| *p == practitioner && at.date_naive() == day)
             .count();
         let key = keys.availability_day(practitioner, day);
-        let version = keys.availability_version(practitioner, day);
-        let expire = bitmap_expiry(day);
-        pipe.incr(&version, 1).ignore();
-        pipe.expire_at(&version, expire).ignore();
+        let mut bitfield = redis::cmd("BITFIELD");
+        bitfield
+            .arg(&key)
+            .arg("INCRBY")
+            .arg("u32")
+            .arg(COUNTER_BIT)
+            .arg(1);
         for &(_, slot_start, taken) in &slots[i..i + same_day] {
-            pipe.setbit(&key, availability_bit(slot_start) as usize, taken)
-                .ignore();
+            bitfield
+                .arg("SET")
+                .arg("u1")
+                .arg(availability_bit(slot_start))
+                .arg(u8::from(taken));
         }
-        pipe.expire_at(&key, expire).ignore();
+        pipe.add_command(bitfield).ignore();
+        pipe.expire_at(&key, bitmap_expiry(day)).ignore();
         i += same_day;
     }
 }
@@ -475,12 +478,14 @@ fn bitmap_expiry(day: NaiveDate) -> i64 {
     day.and_time(chrono::NaiveTime::MIN).and_utc().timestamp() + 2 * 86_400
 }
 
-// KEYS: 1 bitmap, 2 change counter; ARGV: 1 counter value seen before reading PostgreSQL
-// ('' = none), 2 the rebuilt bitmap, 3 expiry (unix seconds).
+// KEYS: 1 bitmap; ARGV: 1 its change counter as read before reading PostgreSQL, 2 the rebuilt
+// bitmap (without a counter), 3 expiry (unix seconds), 4 the counter's bit offset. Stores the
+// bitmap with the counter one past the one seen, unless the counter moved meanwhile.
 const REBUILD_LUA: &str = r"
-local seen = redis.call('GET', KEYS[2]) or ''
-if seen ~= ARGV[1] then return 0 end
+local now = redis.call('BITFIELD', KEYS[1], 'GET', 'u32', ARGV[4])[1]
+if now ~= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
+redis.call('BITFIELD', KEYS[1], 'SET', 'u32', ARGV[4], (now + 1) % 4294967296)
 redis.call('EXPIREAT', KEYS[1], tonumber(ARGV[3]))
 return 1
 ";
@@ -536,12 +541,12 @@ mod tests {
             // The rebuild reads the counters first, then PostgreSQL (no hold yet).
             let mut seen = Vec::new();
             for (p, when, _) in &slots {
-                let v: Option<String> = redis::cmd("GET")
-                    .arg(keys.availability_version(*p, when.date_naive()))
+                let v: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(keys.availability_day(*p, when.date_naive()))
                     .query_async(&mut conn)
                     .await
                     .unwrap();
-                seen.push(v);
+                seen.push(bitmap_counter(&v.unwrap_or_default()));
             }
             for c in &commands[..k] {
                 c.query_async::<redis::Value>(&mut conn).await.unwrap();
@@ -549,10 +554,10 @@ mod tests {
             for ((p, when, _), v) in slots.iter().zip(&seen) {
                 let _: i32 = rebuild
                     .key(keys.availability_day(*p, when.date_naive()))
-                    .key(keys.availability_version(*p, when.date_naive()))
-                    .arg(v.as_deref().unwrap_or(""))
+                    .arg(*v)
                     .arg(&stale)
                     .arg(bitmap_expiry(when.date_naive()))
+                    .arg(COUNTER_BIT)
                     .invoke_async(&mut conn)
                     .await
                     .unwrap();
@@ -580,19 +585,15 @@ mod tests {
                 .arg(
                     slots
                         .iter()
-                        .flat_map(|(p, when, _)| {
-                            [
-                                keys.availability_day(*p, when.date_naive()),
-                                keys.availability_version(*p, when.date_naive()),
-                            ]
-                        })
+                        .map(|(p, when, _)| keys.availability_day(*p, when.date_naive()))
                         .collect::<Vec<_>>(),
                 )
                 .query_async(&mut conn)
                 .await
                 .unwrap();
         }
-        // Two days, one counter bump and one expiry each, however many slots a day has.
+        // Two days, one command (counter and bits) and one expiry each, however many slots a
+        // day has.
         let names: Vec<String> = commands
             .iter()
             .map(|c| match c.args_iter().next() {
@@ -600,12 +601,6 @@ mod tests {
                 _ => String::new(),
             })
             .collect();
-        assert_eq!(
-            names,
-            [
-                "INCRBY", "EXPIREAT", "SETBIT", "SETBIT", "EXPIREAT", "INCRBY", "EXPIREAT",
-                "SETBIT", "EXPIREAT"
-            ]
-        );
+        assert_eq!(names, ["BITFIELD", "EXPIREAT", "BITFIELD", "EXPIREAT"]);
     }
 }

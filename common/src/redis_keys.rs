@@ -29,21 +29,20 @@ impl Keys {
         format!("{}:idem:{scoped_key}", self.ns)
     }
 
-    /// Availability bitmap of one practitioner for one UTC day; bit = minute of the day, and
-    /// bit [`BUILT_BIT`] is set once the bitmap was rebuilt from PostgreSQL.
+    /// Availability bitmap of one practitioner for one UTC day; bit = minute of the day, bit
+    /// [`BUILT_BIT`] is set once the bitmap was rebuilt from PostgreSQL, and the 32 bits from
+    /// [`COUNTER_BIT`] count its changes (see [`bitmap_counter`]).
+    ///
+    /// (`avail2`: until change 28 of loadtest/README.md the counter was a key of its own,
+    /// `availv`; the new name keeps a bitmap of either layout from being read as the other
+    /// while versions are mixed during an upgrade. Both are caches, rebuilt from PostgreSQL.)
     pub fn availability(&self, practitioner: Uuid, slot_start: DateTime<Utc>) -> String {
         self.availability_day(practitioner, slot_start.date_naive())
     }
 
     /// [`availability`](Self::availability) by UTC date.
     pub fn availability_day(&self, practitioner: Uuid, day: NaiveDate) -> String {
-        format!("{}:avail:{practitioner}:{}", self.ns, Ymd(day))
-    }
-
-    /// Change counter of an availability bitmap: every change increments it in the same
-    /// MULTI, so a rebuild can compare-and-set (see `fast_path::FastPath::store_rebuilt`).
-    pub fn availability_version(&self, practitioner: Uuid, day: NaiveDate) -> String {
-        format!("{}:availv:{practitioner}:{}", self.ns, Ymd(day))
+        format!("{}:avail2:{practitioner}:{}", self.ns, Ymd(day))
     }
 
     /// Booking requests accepted and not yet decided (a counter next to the hold queue, whose
@@ -92,6 +91,26 @@ pub fn idempotency_scope(role: &str, sub: &str, key: &str) -> String {
 /// without it only knows the changes seen since it was lost, so readers rebuild it.
 pub const BUILT_BIT: u32 = 24 * 60;
 
+/// Where an availability bitmap keeps its change counter: an unsigned 32-bit big-endian
+/// integer (Redis `BITFIELD … u32 1536`, bytes 192–195), past every minute bit and
+/// [`BUILT_BIT`]. Every change of the bitmap increments it in the same `BITFIELD` command that
+/// changes its bits, and a rebuild stores its bitmap only if the counter is still the one it
+/// read before reading PostgreSQL (`fast_path::FastPath::store_rebuilt`). Kept inside the
+/// bitmap rather than as a key of its own: one command and one key less per change
+/// (loadtest/README.md, change 28), and no order between two commands to get right.
+pub const COUNTER_BIT: u32 = 1536;
+
+/// The change counter of a bitmap read with `GET` (0 for a missing or shorter one, as Redis
+/// reads bits past the end of a string).
+pub fn bitmap_counter(bitmap: &[u8]) -> u32 {
+    let at = (COUNTER_BIT / 8) as usize;
+    let mut bytes = [0u8; 4];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = bitmap.get(at + i).copied().unwrap_or(0);
+    }
+    u32::from_be_bytes(bytes)
+}
+
 /// Whether `bit` is set in a Redis bitmap (bit 0 is the most significant bit of byte 0).
 pub fn bit_is_set(bitmap: &[u8], bit: u32) -> bool {
     bitmap
@@ -125,11 +144,7 @@ mod tests {
             .expect("instant")
             .with_timezone(&Utc);
         assert_eq!(k.request(id), format!("t1:req:{id}"));
-        assert_eq!(k.availability(id, at), format!("t1:avail:{id}:20260504"));
-        assert_eq!(
-            k.availability_version(id, at.date_naive()),
-            format!("t1:availv:{id}:20260504")
-        );
+        assert_eq!(k.availability(id, at), format!("t1:avail2:{id}:20260504"));
         assert_eq!(availability_bit(at), 570);
         assert!(k.idempotency("abc").starts_with("t1:idem:"));
         let a = idempotency_scope("patient", "alice", "key-1");
@@ -148,5 +163,15 @@ mod tests {
         assert!(bit_is_set(&bitmap, 570) && bit_is_set(&bitmap, BUILT_BIT));
         assert!(!bit_is_set(&bitmap, 571) && !bit_is_set(&bitmap, 5000));
         assert_eq!(bitmap[570 / 8], 0x80 >> (570 % 8));
+        // The counter lies past every minute and the built bit, and reads as 0 when absent.
+        assert!(COUNTER_BIT > BUILT_BIT && COUNTER_BIT.is_multiple_of(8));
+        assert!(availability_bit(at + chrono::Duration::minutes(869)) < BUILT_BIT);
+        assert_eq!(bitmap_counter(&bitmap), 0);
+        bitmap.resize(194, 0);
+        bitmap[193] = 1;
+        assert_eq!(bitmap_counter(&bitmap), 1 << 16);
+        bitmap.resize(196, 0);
+        bitmap[195] = 7;
+        assert_eq!(bitmap_counter(&bitmap), (1 << 16) + 7);
     }
 }

@@ -221,7 +221,7 @@ async fn a_move_rebuilds_the_bitmaps_of_both_days_and_a_rebuild_read_before_it_i
     set_bit(&mut stale, BUILT_BIT);
     set_bit(&mut stale, availability_bit(from));
     let stored = fast
-        .store_rebuilt(p, d1, before[0].1.as_deref(), &stale)
+        .store_rebuilt(p, d1, before[0].1, &stale)
         .await
         .unwrap();
     assert!(!stored, "a stale rebuild overwrote the move");
