@@ -578,6 +578,36 @@ async fn the_subscription_api_validates_input_and_answers_problem_json() {
     app.stop().await;
 }
 
+/// A stack without workers or scheduler: the tests run the dispatcher's statements by hand.
+async fn bare_app() -> TestApp {
+    spawn(Options {
+        workers: false,
+        scheduler: false,
+        env: env(&[]),
+    })
+    .await
+}
+
+/// Writes one outbox row through `conn`; returns its id.
+async fn outbox_row(conn: impl sqlx::PgExecutor<'_>) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO outbox (event_id, type, aggregate_id, key, payload)
+         VALUES ($1, 'booking.held', $1, 'k', '{}') RETURNING id",
+    )
+    .bind(Uuid::now_v7())
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+/// Takes the dispatch cursor for `tx`'s transaction (it must be free) and reads it.
+async fn take_cursor(tx: &mut sqlx::PgConnection) -> slotq_common::db::outbox::Cursor {
+    slotq_common::db::outbox::lock_dispatch_cursor(tx)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// Whether a dispatcher could take the cursor now (tried in a transaction of its own, rolled
 /// back).
 async fn cursor_free(pool: &sqlx::PgPool) -> bool {
@@ -593,18 +623,10 @@ async fn cursor_free(pool: &sqlx::PgPool) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_fan_out_locks_no_row_so_its_commit_waits_for_no_wal_flush() {
     use slotq_common::db::{outbox, webhooks};
-    let app = spawn(Options {
-        workers: false,
-        scheduler: false,
-        env: env(&[]),
-    })
-    .await;
+    let app = bare_app().await;
     // What an idle poll runs: the cursor, the wanted types, the outbox after the cursor.
     let mut tx = app.pool.begin().await.unwrap();
-    let cursor = outbox::lock_dispatch_cursor(&mut tx)
-        .await
-        .unwrap()
-        .unwrap();
+    let cursor = take_cursor(&mut tx).await;
     let wanted = webhooks::wanted_event_types(&mut tx).await.unwrap();
     let rows = outbox::undispatched_after(&mut tx, &cursor, 100, &wanted)
         .await
@@ -627,34 +649,16 @@ async fn an_idle_fan_out_locks_no_row_so_its_commit_waits_for_no_wal_flush() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dispatch_cursor_never_passes_a_row_whose_transaction_is_still_running() {
     use slotq_common::db::outbox;
-    let app = spawn(Options {
-        workers: false,
-        scheduler: false,
-        env: env(&[]),
-    })
-    .await;
-    let insert = "INSERT INTO outbox (event_id, type, aggregate_id, key, payload)
-                  VALUES ($1, 'booking.held', $1, 'k', '{}') RETURNING id";
+    let app = bare_app().await;
     // T1 writes first (the smaller id) but commits last; T2 commits in between.
     let mut t1 = app.pool.begin().await.unwrap();
-    let early: i64 = sqlx::query_scalar(insert)
-        .bind(Uuid::now_v7())
-        .fetch_one(&mut *t1)
-        .await
-        .unwrap();
-    let late: i64 = sqlx::query_scalar(insert)
-        .bind(Uuid::now_v7())
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let early = outbox_row(&mut *t1).await;
+    let late = outbox_row(&app.pool).await;
     assert!(early < late);
 
     let read = |pool: sqlx::PgPool| async move {
         let mut tx = pool.begin().await.unwrap();
-        let cursor = outbox::lock_dispatch_cursor(&mut tx)
-            .await
-            .unwrap()
-            .unwrap();
+        let cursor = take_cursor(&mut tx).await;
         let rows = outbox::undispatched_after(&mut tx, &cursor, 100, &["booking.held".into()])
             .await
             .unwrap();
@@ -695,30 +699,17 @@ async fn the_dispatch_cursor_never_passes_a_row_whose_transaction_is_still_runni
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_subscriber_the_cursor_skips_exactly_the_rows_a_read_would_return() {
     use slotq_common::db::outbox;
-    let app = spawn(Options {
-        workers: false,
-        scheduler: false,
-        env: env(&[]),
-    })
-    .await;
-    let insert = "INSERT INTO outbox (event_id, type, aggregate_id, key, payload)
-                  VALUES ($1, 'booking.held', $1, 'k', '{}') RETURNING id";
+    let app = bare_app().await;
     let cursor = |pool: sqlx::PgPool| async move {
         let mut tx = pool.begin().await.unwrap();
-        let c = outbox::lock_dispatch_cursor(&mut tx)
-            .await
-            .unwrap()
-            .unwrap();
+        let c = take_cursor(&mut tx).await;
         tx.rollback().await.unwrap();
         c
     };
     // Both statements in one transaction, against the same snapshot horizon.
     let both = |pool: sqlx::PgPool, limit: i64| async move {
         let mut tx = pool.begin().await.unwrap();
-        let c = outbox::lock_dispatch_cursor(&mut tx)
-            .await
-            .unwrap()
-            .unwrap();
+        let c = take_cursor(&mut tx).await;
         let skip = outbox::skip_after(&mut tx, &c, limit).await.unwrap();
         let rows = outbox::undispatched_after(&mut tx, &c, limit, &[])
             .await
@@ -728,20 +719,10 @@ async fn with_no_subscriber_the_cursor_skips_exactly_the_rows_a_read_would_retur
     };
     // A running transaction holds its row, and the committed one after it, back.
     let mut t1 = app.pool.begin().await.unwrap();
-    let early: i64 = sqlx::query_scalar(insert)
-        .bind(Uuid::now_v7())
-        .fetch_one(&mut *t1)
-        .await
-        .unwrap();
+    let early = outbox_row(&mut *t1).await;
     let mut later = Vec::new();
     for _ in 0..3 {
-        later.push(
-            sqlx::query_scalar::<_, i64>(insert)
-                .bind(Uuid::now_v7())
-                .fetch_one(&app.pool)
-                .await
-                .unwrap(),
-        );
+        later.push(outbox_row(&app.pool).await);
     }
     let (skip, rows) = both(app.pool.clone(), 100).await;
     assert_eq!(skip, None);
