@@ -291,7 +291,8 @@ impl FastPath {
     /// the workers parse every answer (loadtest/README.md, change 28). Nothing here needs it:
     /// the commands of one connection run in order (each status is stored before the
     /// announcement that wakes its long-polls), every value is a cache PostgreSQL backs, and
-    /// [`mark`] orders its commands so that no interleaving with a rebuild loses a bit.
+    /// [`mark`] changes a day's counter and bits in one command, so no rebuild in between can
+    /// lose a bit.
     pub async fn publish_decisions(&self, views: &[RequestView]) -> redis::RedisResult<()> {
         if views.is_empty() {
             return Ok(());
