@@ -371,13 +371,7 @@ impl FastPath {
         let mut pipe = redis::pipe();
         for (practitioner, day) in days {
             let key = self.keys.availability_day(*practitioner, *day);
-            pipe.cmd("BITFIELD")
-                .arg(&key)
-                .arg("INCRBY")
-                .arg("u32")
-                .arg(COUNTER_BIT)
-                .arg(1)
-                .ignore();
+            pipe.add_command(bump_counter(&key)).ignore();
             pipe.cmd("SETRANGE").arg(&key).arg(0).arg(&zeros).ignore();
             pipe.expire_at(&key, bitmap_expiry(*day)).ignore();
         }
@@ -454,13 +448,7 @@ fn mark(keys: &Keys, pipe: &mut redis::Pipeline, mut slots: Vec<(Uuid, DateTime<
             .take_while(|(p, at, _)| *p == practitioner && at.date_naive() == day)
             .count();
         let key = keys.availability_day(practitioner, day);
-        let mut bitfield = redis::cmd("BITFIELD");
-        bitfield
-            .arg(&key)
-            .arg("INCRBY")
-            .arg("u32")
-            .arg(COUNTER_BIT)
-            .arg(1);
+        let mut bitfield = bump_counter(&key);
         for &(_, slot_start, taken) in &slots[i..i + same_day] {
             bitfield
                 .arg("SET")
@@ -472,6 +460,18 @@ fn mark(keys: &Keys, pipe: &mut redis::Pipeline, mut slots: Vec<(Uuid, DateTime<
         pipe.expire_at(&key, bitmap_expiry(day)).ignore();
         i += same_day;
     }
+}
+
+/// `BITFIELD key INCRBY u32 COUNTER_BIT 1`: the bump of a bitmap's change counter, to which
+/// [`mark`] appends the bits it changes in the same command.
+fn bump_counter(key: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("BITFIELD");
+    cmd.arg(key)
+        .arg("INCRBY")
+        .arg("u32")
+        .arg(COUNTER_BIT)
+        .arg(1);
+    cmd
 }
 
 /// Bitmaps live until two days after their date; they are only a cache.
@@ -524,71 +524,56 @@ mod tests {
             (practitioner, at + chrono::Duration::minutes(30), true),
             (other_day, at + chrono::Duration::days(1), true),
         ];
+        let pairs: Vec<(Uuid, NaiveDate)> = slots
+            .iter()
+            .map(|(p, when, _)| (*p, when.date_naive()))
+            .collect();
         let mut stale = Vec::new();
         set_bit(&mut stale, BUILT_BIT);
-        let rebuild = redis::Script::new(REBUILD_LUA);
-
-        let ns = format!("t-mark-{}", Uuid::new_v4().simple());
-        let keys = Keys::new(&ns);
-        let mut pipe = redis::pipe();
-        mark(&keys, &mut pipe, slots.clone());
-        let commands: Vec<redis::Cmd> = pipe.cmd_iter().cloned().collect();
-        for k in 0..=commands.len() {
-            let ns = format!("t-mark-{}", Uuid::new_v4().simple());
-            let keys = Keys::new(&ns);
+        // The marking commands of `slots`, for a namespace of their own.
+        let marking = |keys: &Keys| {
             let mut pipe = redis::pipe();
-            mark(&keys, &mut pipe, slots.clone());
-            let commands: Vec<redis::Cmd> = pipe.cmd_iter().cloned().collect();
+            mark(keys, &mut pipe, slots.clone());
+            pipe.cmd_iter().cloned().collect::<Vec<redis::Cmd>>()
+        };
+        let commands = marking(&Keys::new("t-mark"));
+        for k in 0..=commands.len() {
+            let fast = FastPath::new(conn.clone(), &format!("t-mark-{}", Uuid::new_v4().simple()));
+            let commands = marking(fast.keys());
             // The rebuild reads the counters first, then PostgreSQL (no hold yet).
-            let mut seen = Vec::new();
-            for (p, when, _) in &slots {
-                let v: Option<Vec<u8>> = redis::cmd("GET")
-                    .arg(keys.availability_day(*p, when.date_naive()))
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                seen.push(bitmap_counter(&v.unwrap_or_default()));
-            }
+            let seen = fast.bitmaps(&pairs).await.unwrap();
             for c in &commands[..k] {
                 c.query_async::<redis::Value>(&mut conn).await.unwrap();
             }
-            for ((p, when, _), v) in slots.iter().zip(&seen) {
-                let _: i32 = rebuild
-                    .key(keys.availability_day(*p, when.date_naive()))
-                    .arg(*v)
-                    .arg(&stale)
-                    .arg(bitmap_expiry(when.date_naive()))
-                    .arg(COUNTER_BIT)
-                    .invoke_async(&mut conn)
+            for ((p, day), (_, counter)) in pairs.iter().zip(&seen) {
+                fast.store_rebuilt(*p, *day, *counter, &stale)
                     .await
                     .unwrap();
             }
             for c in &commands[k..] {
                 c.query_async::<redis::Value>(&mut conn).await.unwrap();
             }
-            for (p, when, _) in &slots {
-                let key = keys.availability_day(*p, when.date_naive());
+            let keys: Vec<String> = pairs
+                .iter()
+                .map(|(p, day)| fast.keys().availability_day(*p, *day))
+                .collect();
+            for ((_, when, _), key) in slots.iter().zip(&keys) {
                 let bit: bool = redis::cmd("GETBIT")
-                    .arg(&key)
+                    .arg(key)
                     .arg(availability_bit(*when))
                     .query_async(&mut conn)
                     .await
                     .unwrap();
                 assert!(bit, "bit of {when} lost with the rebuild after command {k}");
                 let ttl: i64 = redis::cmd("TTL")
-                    .arg(&key)
+                    .arg(key)
                     .query_async(&mut conn)
                     .await
                     .unwrap();
                 assert!(ttl > 0, "{key} has no expiry (rebuild after command {k})");
             }
             let _: () = redis::cmd("DEL")
-                .arg(
-                    slots
-                        .iter()
-                        .map(|(p, when, _)| keys.availability_day(*p, when.date_naive()))
-                        .collect::<Vec<_>>(),
-                )
+                .arg(&keys)
                 .query_async(&mut conn)
                 .await
                 .unwrap();

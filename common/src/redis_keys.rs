@@ -93,8 +93,9 @@ pub const BUILT_BIT: u32 = 24 * 60;
 
 /// Where an availability bitmap keeps its change counter: an unsigned 32-bit big-endian
 /// integer (Redis `BITFIELD … u32 1536`, bytes 192–195), past every minute bit and
-/// [`BUILT_BIT`]. Every change of the bitmap increments it in the same `BITFIELD` command that
-/// changes its bits, and a rebuild stores its bitmap only if the counter is still the one it
+/// [`BUILT_BIT`]. Every change of the bitmap increments it atomically with the bits: a mark in
+/// the same `BITFIELD` command that sets them, an invalidation in the `MULTI` that zeroes them
+/// (`fast_path::FastPath::invalidate_days`); and a rebuild stores its bitmap only if the counter is still the one it
 /// read before reading PostgreSQL (`fast_path::FastPath::store_rebuilt`). Kept inside the
 /// bitmap rather than as a key of its own: one command and one key less per change
 /// (loadtest/README.md, change 29), and no order between two commands to get right.
