@@ -11,10 +11,8 @@
 //! is what it was, and under load the Redis calls and the jobs (and apalis' commands per job)
 //! are shared (loadtest/README.md, change 14).
 
-use slotq_common::{
-    fast_path::{Admission, AdmitItem, FastPath},
-    queue::{ADMIT_MAX, HoldQueue},
-};
+use slotq_redis::fast_path::{Admission, AdmitItem, FastPath};
+use slotq_redis::queue::{ADMIT_MAX, HoldQueue};
 use tokio::sync::{mpsc, oneshot};
 
 struct Waiting {

@@ -17,10 +17,8 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use slotq_common::{
-    auth::{AuthError, Principal, Role},
-    rate_limit::{self, Limit},
-};
+use slotq_redis::rate_limit::{self, Limit};
+use slotq_security::auth::{AuthError, Principal, Role};
 use uuid::Uuid;
 
 use crate::{AppState, error::ApiError};
@@ -300,8 +298,8 @@ pub fn authorize(p: &Principal, action: Action) -> Result<(), ApiError> {
 pub fn patient_bookings_scope(
     p: &Principal,
     patient: Uuid,
-) -> Result<slotq_common::db::bookings::ListOwner, ApiError> {
-    use slotq_common::db::bookings::ListOwner;
+) -> Result<slotq_store::bookings::ListOwner, ApiError> {
+    use slotq_store::bookings::ListOwner;
     match (p.role, p.clinic_id) {
         (Role::ClinicAdmin, Some(clinic)) => Ok(ListOwner::PatientAtClinic { patient, clinic }),
         _ => authorize(p, Action::ReadPatient(patient)).map(|()| ListOwner::Patient(patient)),
@@ -309,8 +307,8 @@ pub fn patient_bookings_scope(
 }
 
 /// The audit-log actor for a caller.
-pub fn actor(p: &Principal, request_id: Option<String>) -> slotq_common::db::bookings::Actor {
-    slotq_common::db::bookings::Actor {
+pub fn actor(p: &Principal, request_id: Option<String>) -> slotq_store::bookings::Actor {
+    slotq_store::bookings::Actor {
         name: p.sub.clone(),
         role: p.role.as_str().to_owned(),
         request_id,

@@ -273,18 +273,18 @@ impl From<redis::RedisError> for ApiError {
     }
 }
 
-impl From<slotq_common::availability::AvailabilityError> for ApiError {
-    fn from(e: slotq_common::availability::AvailabilityError) -> Self {
+impl From<slotq_redis::availability::AvailabilityError> for ApiError {
+    fn from(e: slotq_redis::availability::AvailabilityError) -> Self {
         match e {
-            slotq_common::availability::AvailabilityError::Db(e) => e.into(),
-            slotq_common::availability::AvailabilityError::Redis(e) => e.into(),
+            slotq_redis::availability::AvailabilityError::Db(e) => e.into(),
+            slotq_redis::availability::AvailabilityError::Redis(e) => e.into(),
         }
     }
 }
 
-impl From<slotq_common::db::bookings::TransitionError> for ApiError {
-    fn from(e: slotq_common::db::bookings::TransitionError) -> Self {
-        use slotq_common::db::bookings::TransitionError as T;
+impl From<slotq_store::bookings::TransitionError> for ApiError {
+    fn from(e: slotq_store::bookings::TransitionError) -> Self {
+        use slotq_store::bookings::TransitionError as T;
         match e {
             T::NotFound => ApiError::NotFound("no such booking".into()),
             T::Illegal(t) => ApiError::Conflict {

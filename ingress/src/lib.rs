@@ -29,9 +29,11 @@ use axum::{
     middleware::{self, Next},
     response::Response,
 };
-use slotq_common::{
-    config::Config, fast_path::FastPath, metrics::Metrics, queue::HoldQueue, shutdown::Shutdown,
-};
+use slotq_redis::fast_path::FastPath;
+use slotq_redis::queue::HoldQueue;
+use slotq_runtime::config::Config;
+use slotq_runtime::metrics::Metrics;
+use slotq_runtime::shutdown::Shutdown;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower_http::{
@@ -68,7 +70,7 @@ pub struct Shared {
     /// Admits submissions and queues them, several per Redis call.
     pub admitter: admitter::Admitter,
     /// Cached validation look-ups.
-    pub lookup: slotq_common::lookup::Lookup,
+    pub lookup: slotq_store::lookup::Lookup,
     /// Decided request ids announced by the workers.
     pub decided: decisions::Decided,
     /// Booking requests accepted and not yet decided, refreshed in the background (load
@@ -79,20 +81,20 @@ pub struct Shared {
     /// Set when the process drains.
     pub shutdown: Shutdown,
     /// Verifies Bearer tokens.
-    pub verifier: Arc<slotq_common::auth::Verifier>,
+    pub verifier: Arc<slotq_security::auth::Verifier>,
     /// Personal-data encryption keys.
-    pub pii: Arc<slotq_common::pii::PiiKeys>,
+    pub pii: Arc<slotq_security::pii::PiiKeys>,
 }
 
 impl AppState {
     /// Connects to PostgreSQL and Redis and starts the background tasks (decision listener,
     /// queue-depth refresher).
     pub async fn connect(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
-        let pool = slotq_common::db::connect(&config.database_url, config.db_max_connections)
+        let pool = slotq_store::connect(&config.database_url, config.db_max_connections)
             .await
             .context("connecting to PostgreSQL")?;
         if config.auto_migrate {
-            slotq_common::db::migrate(&pool)
+            slotq_store::migrate(&pool)
                 .await
                 .context("applying migrations")?;
         }
@@ -103,20 +105,20 @@ impl AppState {
             .context("connecting to Redis")?;
         let fast = FastPath::new(redis.clone(), &config.redis_namespace);
         let admitter =
-            admitter::Admitter::start(fast.clone(), HoldQueue::new(redis.clone(), &config));
+            admitter::Admitter::start(fast.clone(), HoldQueue::new(redis.clone(), &config.queue()));
         let pii = match &config.pii {
             Some(keys) => keys.clone(),
             None => {
                 tracing::warn!(
                     "PII_KEYS is unset: patient data is encrypted with a development key; never do this in production"
                 );
-                slotq_common::pii::PiiKeys::parse(
-                    slotq_common::pii::DEV_KEYS,
-                    slotq_common::pii::DEV_INDEX_KEY,
+                slotq_security::pii::PiiKeys::parse(
+                    slotq_security::pii::DEV_KEYS,
+                    slotq_security::pii::DEV_INDEX_KEY,
                 )?
             }
         };
-        let changed = slotq_common::db::directory::encrypt_patients_at_rest(&pool, &pii)
+        let changed = slotq_store::directory::encrypt_patients_at_rest(&pool, &pii)
             .await
             .context("encrypting patient data at rest")?;
         if changed > 0 {
@@ -130,11 +132,11 @@ impl AppState {
                 "neither JWT_HS256_SECRET nor JWT_JWKS is set: every /v1 request except the payment webhook will be refused"
             );
         }
-        let verifier = Arc::new(slotq_common::auth::Verifier::new(config.auth.clone()));
+        let verifier = Arc::new(slotq_security::auth::Verifier::new(config.auth.clone()));
         let (decided, _) = tokio::sync::broadcast::channel(8192);
         decisions::listen(client, fast.keys().decided_channel(), decided.clone());
         let state = AppState(Arc::new(Shared {
-            lookup: slotq_common::lookup::Lookup::new(pool.clone()),
+            lookup: slotq_store::lookup::Lookup::new(pool.clone()),
             config: Arc::new(config),
             pool,
             redis,
@@ -143,7 +145,7 @@ impl AppState {
             decided,
             pending_requests: Arc::new(AtomicU64::new(0)),
             metrics: Arc::new(Metrics::for_component(
-                slotq_common::metrics::Component::Ingress,
+                slotq_runtime::metrics::Component::Ingress,
             )),
             shutdown,
             verifier,
@@ -164,7 +166,7 @@ impl AppState {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             while !state.shutdown.is_stopping() {
                 tick.tick().await;
-                match slotq_common::queue::depth(&mut conn, &state.config).await {
+                match slotq_redis::queue::depth(&mut conn, &state.config.queue()).await {
                     Ok(d) => {
                         state
                             .pending_requests
@@ -351,12 +353,12 @@ pub struct Running {
 /// Binds `listener` and serves until `shutdown` fires; in-flight requests finish first.
 pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
-    let admin = slotq_common::admin::AdminState {
+    let admin = slotq_runtime::admin::AdminState {
         metrics: state.metrics.clone(),
         pool: state.pool.clone(),
         redis: state.redis.clone(),
     };
-    let admin_addr = slotq_common::admin::serve(
+    let admin_addr = slotq_runtime::admin::serve(
         state.config.admin_addr,
         admin,
         state.shutdown.clone().wait(),

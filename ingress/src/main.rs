@@ -1,13 +1,13 @@
 //! `slotq-ingress [serve|migrate|token --role <role> --sub <sub> [--patient-id ID] [--clinic-id ID] [--ttl-secs N]]`.
 
-use slotq_common::config::{Config, EXIT_CONFIG, Role};
+use slotq_runtime::config::{Config, EXIT_CONFIG, Role};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
-    slotq_common::process::help_if_asked(
+    slotq_runtime::process::help_if_asked(
         "usage: slotq-ingress [serve|migrate|token ...]
 
   serve    (default) the public HTTP API on HTTP_ADDR, /metrics on ADMIN_ADDR
@@ -24,11 +24,11 @@ HTTP_ADDR, ADMIN_ADDR, JWT_HS256_SECRET, ... Exit status 64 for a configuration 
             std::process::exit(EXIT_CONFIG);
         }
     };
-    slotq_common::telemetry::init(config.log_format);
+    slotq_runtime::telemetry::init(config.log_format);
     let command = std::env::args().nth(1).unwrap_or_else(|| "serve".into());
     let result = match command.as_str() {
         "serve" => run(config).await,
-        "migrate" => slotq_common::process::migrate(&config).await,
+        "migrate" => slotq_runtime::process::migrate(&config).await,
         "token" => {
             if let Err(e) = token(&config, std::env::args().skip(2).collect()) {
                 eprintln!("slotq-ingress token: {e}");
@@ -49,7 +49,7 @@ HTTP_ADDR, ADMIN_ADDR, JWT_HS256_SECRET, ... Exit status 64 for a configuration 
 
 /// Prints an HS256 token signed with `JWT_HS256_SECRET` (development, tests, scripts).
 fn token(config: &Config, args: Vec<String>) -> anyhow::Result<()> {
-    use slotq_common::auth::{Role as R, claims, mint_hs256};
+    use slotq_security::auth::{Role as R, claims, mint_hs256};
     let usage = "usage: slotq-ingress token --role patient|clinic_admin|ops|service --sub <sub> \
                  [--patient-id <uuid>] [--clinic-id <uuid>] [--ttl-secs <n>]\n  \
                  --patient-id is required for patient, --clinic-id for clinic_admin; \
@@ -110,14 +110,14 @@ fn token(config: &Config, args: Vec<String>) -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let (trigger, shutdown) = slotq_common::shutdown::channel();
+    let (trigger, shutdown) = slotq_runtime::shutdown::channel();
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .map_err(|e| anyhow::anyhow!("binding HTTP_ADDR {}: {e}", config.http_addr))?;
     let state = slotq_ingress::AppState::connect(config, shutdown).await?;
     let running = slotq_ingress::serve(listener, state).await?;
     tracing::info!(addr = %running.addr, admin = %running.admin_addr, "slotq-ingress listening");
-    slotq_common::shutdown::signal().await;
+    slotq_runtime::shutdown::signal().await;
     // Not ready first, still serving: load balancers take the pod out of rotation during the
     // delay, then the listener closes and in-flight requests finish.
     running.state.metrics.shutting_down.set(1);

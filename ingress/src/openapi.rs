@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
-use slotq_common::db::{
+use slotq_store::{
     bookings::Booking,
     conflicts::Conflict,
     directory::{Clinic, Patient, Practitioner},
@@ -70,7 +70,7 @@ impl utoipa::PartialSchema for EventType {
             .description(Some(
                 "A booking event type a webhook subscription can name.",
             ))
-            .enum_values(Some(slotq_common::webhooks::EVENT_TYPES.iter().copied()))
+            .enum_values(Some(slotq_domain::events::types::ALL.iter().copied()))
             .into()
     }
 }

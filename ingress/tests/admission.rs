@@ -9,12 +9,10 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::Utc;
 use futures::future::join_all;
-use slotq_common::{
-    db::requests::RequestView,
-    fast_path::{Admission, AdmitItem, FastPath},
-    queue::{ADMIT_MAX, HoldJob, HoldQueue, HoldTask, apalis_config},
-    redis_keys::availability_bit,
-};
+use slotq_redis::fast_path::{Admission, AdmitItem, FastPath};
+use slotq_redis::keys::availability_bit;
+use slotq_redis::queue::{ADMIT_MAX, HoldJob, HoldQueue, HoldTask, apalis_config};
+use slotq_store::requests::RequestView;
 use slotq_testkit::{Options, TestApp, id_of, slot, spawn};
 use uuid::Uuid;
 
@@ -30,7 +28,7 @@ fn no_workers() -> Options {
 async fn admission_setting() -> (TestApp, FastPath, HoldQueue) {
     let app = spawn(no_workers()).await;
     let fast = FastPath::new(app.redis.clone(), &app.config.redis_namespace);
-    let queue = HoldQueue::new(app.redis.clone(), &app.config);
+    let queue = HoldQueue::new(app.redis.clone(), &app.config.queue());
     (app, fast, queue)
 }
 
@@ -48,7 +46,7 @@ async fn mark_taken(app: &TestApp, fast: &FastPath, practitioner: Uuid, at: chro
 /// Every queued job, by task id.
 async fn queued_tasks(app: &TestApp) -> HashMap<String, HoldTask> {
     let raw: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(apalis_config(&app.config).job_data_hash())
+        .arg(apalis_config(&app.config.queue()).job_data_hash())
         .query_async(&mut app.redis.clone())
         .await
         .unwrap();
@@ -102,7 +100,7 @@ async fn concurrent_submissions_share_jobs_and_each_is_queued_exactly_once() {
         "230 concurrent submissions were queued as {} jobs: none shared a Redis call",
         tasks.len()
     );
-    let d = slotq_common::queue::depth(&mut app.redis.clone(), &app.config)
+    let d = slotq_redis::queue::depth(&mut app.redis.clone(), &app.config.queue())
         .await
         .unwrap();
     assert_eq!(d.ready as usize, tasks.len(), "{d:?}");
@@ -205,7 +203,7 @@ async fn one_call_judges_idempotency_and_the_precheck_request_by_request() {
             "status of {id}"
         );
     }
-    let d = slotq_common::queue::depth(&mut conn, &app.config)
+    let d = slotq_redis::queue::depth(&mut conn, &app.config.queue())
         .await
         .unwrap();
     assert_eq!((d.ready, d.pending_requests), (1, 2), "{d:?}");
@@ -257,7 +255,7 @@ async fn a_group_without_idempotency_keys_is_queued_as_the_script_queues_one() {
     );
     assert_eq!(tasks[&with].holds, vec![keyed.job.clone()]);
     // The same apalis metadata, both on the ready list, the requests counted.
-    let meta = apalis_config(&app.config).job_meta_hash();
+    let meta = apalis_config(&app.config.queue()).job_meta_hash();
     let mut metas = Vec::new();
     for id in [&without, &with] {
         let m: HashMap<String, String> = redis::cmd("HGETALL")
@@ -269,7 +267,7 @@ async fn a_group_without_idempotency_keys_is_queued_as_the_script_queues_one() {
     }
     assert_eq!(metas[0].len(), 4, "{metas:?}");
     assert_eq!(metas[0], metas[1]);
-    let d = slotq_common::queue::depth(&mut conn, &app.config)
+    let d = slotq_redis::queue::depth(&mut conn, &app.config.queue())
         .await
         .unwrap();
     assert_eq!((d.ready, d.pending_requests), (2, 3), "{d:?}");
@@ -320,7 +318,7 @@ async fn a_half_way_failure(idempotency_key: Option<&str>) {
     let app = spawn(no_workers()).await;
     let fx = app.fixture().await;
     let mut conn = app.redis.clone();
-    let ready = apalis_config(&app.config).active_jobs_list();
+    let ready = apalis_config(&app.config.queue()).active_jobs_list();
     let _: () = redis::cmd("SET")
         .arg(&ready)
         .arg("not a list")

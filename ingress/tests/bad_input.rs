@@ -195,7 +195,7 @@ async fn bad_booking_requests_get_the_right_4xx_and_nothing_is_written() {
         .await
         .unwrap();
     assert!(keys.is_empty(), "{keys:?}");
-    let depth = slotq_common::queue::depth(&mut conn, &app.config)
+    let depth = slotq_redis::queue::depth(&mut conn, &app.config.queue())
         .await
         .unwrap();
     assert_eq!(depth.ready + depth.inflight + depth.scheduled, 0);

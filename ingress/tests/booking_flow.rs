@@ -313,9 +313,9 @@ async fn a_long_poll_returns_as_soon_as_the_decision_lands() {
     let workers = async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let config =
-            slotq_common::config::Config::from_vars(slotq_common::config::Role::Workers, &env)
+            slotq_runtime::config::Config::from_vars(slotq_runtime::config::Role::Workers, &env)
                 .unwrap();
-        let (trigger, stop) = slotq_common::shutdown::channel();
+        let (trigger, stop) = slotq_runtime::shutdown::channel();
         let handle = tokio::spawn(slotq_workers::run(config, stop, |_| {}));
         (trigger, handle)
     };

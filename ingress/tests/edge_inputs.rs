@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::{Router, routing::get};
 use serde_json::{Value, json};
-use slotq_common::auth::Role;
+use slotq_security::auth::Role;
 use slotq_testkit::{Options, TestApp, send, slot, spawn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
@@ -65,7 +65,7 @@ async fn a_panicking_handler_answers_500_problem_json_and_the_server_keeps_servi
     })
     .await;
     // The ingress middleware stack around a route that panics.
-    let (trigger, stop) = slotq_common::shutdown::channel();
+    let (trigger, stop) = slotq_runtime::shutdown::channel();
     let state = slotq_ingress::AppState::connect(app.config.clone(), stop)
         .await
         .unwrap();
@@ -128,8 +128,10 @@ async fn payment_signatures_with_extreme_timestamps_are_401() {
     let body = json!({"id": "evt_x", "type": "payment.succeeded", "booking_id": Uuid::now_v7()})
         .to_string();
     let secret = app.secret.clone();
-    let signed_min = slotq_common::signature::sign(secret.as_bytes(), i64::MIN, body.as_bytes());
-    let signed_max = slotq_common::signature::sign(secret.as_bytes(), i64::MAX, body.as_bytes());
+    let signed_min =
+        slotq_security::payment_signature::sign(secret.as_bytes(), i64::MIN, body.as_bytes());
+    let signed_max =
+        slotq_security::payment_signature::sign(secret.as_bytes(), i64::MAX, body.as_bytes());
     for header in [
         "t=-9223372036854775808,v1=00".to_owned(),
         "t=9223372036854775807,v1=00".to_owned(),
@@ -459,7 +461,7 @@ async fn a_401_carries_a_bearer_challenge_naming_a_bad_token() {
     let res = plain.get(&path).send().await.unwrap();
     assert_eq!(res.status(), 401);
     assert_eq!(res.headers()["www-authenticate"], "Bearer");
-    let claims = slotq_common::auth::claims(
+    let claims = slotq_security::auth::claims(
         &app.config.auth,
         Role::Service,
         "forger",
@@ -467,7 +469,7 @@ async fn a_401_carries_a_bearer_challenge_naming_a_bad_token() {
         None,
         Duration::from_secs(60),
     );
-    let forged = slotq_common::auth::mint_hs256("not-the-secret", &claims).unwrap();
+    let forged = slotq_security::auth::mint_hs256("not-the-secret", &claims).unwrap();
     for bad in [
         "Bearer not-a-jwt".to_owned(),
         "Bearer a.b.c".to_owned(),

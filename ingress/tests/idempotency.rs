@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Timelike, Utc};
 use serde_json::{Value, json};
-use slotq_common::auth::Role;
+use slotq_security::auth::Role;
 use slotq_testkit::{Options, TestApp, client, id_of, slot, spawn};
 use uuid::Uuid;
 

@@ -26,7 +26,7 @@ async fn every_documented_operation_is_served_and_every_route_is_documented() {
             operations.push((method.to_uppercase(), path.clone()));
         }
     }
-    let token = app.token(slotq_common::auth::Role::Service, "openapi", None, None);
+    let token = app.token(slotq_security::auth::Role::Service, "openapi", None, None);
     for (method, path) in &operations {
         let concrete = path
             .split('/')
@@ -108,6 +108,6 @@ async fn every_documented_operation_is_served_and_every_route_is_documented() {
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
-    assert_eq!(listed, slotq_common::webhooks::EVENT_TYPES);
+    assert_eq!(listed, slotq_domain::events::types::ALL);
     app.stop().await;
 }

@@ -189,7 +189,7 @@ async fn bad_signatures_and_stale_timestamps_are_refused_and_change_nothing() {
     assert_eq!(res.status(), 401);
     assert_eq!(res.headers()["content-type"], "application/problem+json");
     let raw = serde_json::to_vec(&ev).unwrap();
-    let sig = slotq_common::signature::sign(app.secret.as_bytes(), now(), &raw);
+    let sig = slotq_security::payment_signature::sign(app.secret.as_bytes(), now(), &raw);
     let tampered =
         serde_json::to_vec(&event("evt_x", "payment.succeeded", Uuid::now_v7())).unwrap();
     let res = app
@@ -293,8 +293,8 @@ async fn confirmation_racing_expiry_never_yields_both() {
         .await
         .unwrap();
     let fast =
-        slotq_common::fast_path::FastPath::new(app.redis.clone(), &app.config.redis_namespace);
-    let metrics = slotq_common::metrics::Metrics::new();
+        slotq_redis::fast_path::FastPath::new(app.redis.clone(), &app.config.redis_namespace);
+    let metrics = slotq_runtime::metrics::Metrics::new();
     let pays = join_all(bookings.iter().enumerate().map(|(i, b)| {
         let app = &app;
         async move {

@@ -51,7 +51,7 @@ async fn a_full_run_logs_no_personal_data() {
         .unwrap()
         .unwrap();
     let base = format!("http://{addr}");
-    let service = app.token(slotq_common::auth::Role::Service, "pii-test", None, None);
+    let service = app.token(slotq_security::auth::Role::Service, "pii-test", None, None);
     let http = slotq_testkit::client(&service);
     let fx = app.fixture().await;
 

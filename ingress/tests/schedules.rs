@@ -958,7 +958,7 @@ async fn a_replacement_of_hours_waits_for_a_batch_deciding_on_them_and_lists_its
 /// `replace_hours` or a batch does.
 async fn hours_lock(tx: &mut sqlx::PgConnection, p: Uuid, function: &str) {
     sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {function}($1)")))
-        .bind(slotq_common::db::holds::hours_lock_key(p))
+        .bind(slotq_store::holds::hours_lock_key(p))
         .execute(tx)
         .await
         .unwrap();

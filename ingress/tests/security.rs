@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use slotq_common::auth::Role;
+use slotq_security::auth::Role;
 use slotq_testkit::{Options, TestApp, id_of, slot, spawn};
 use uuid::Uuid;
 
@@ -292,17 +292,17 @@ async fn expired_wrong_audience_wrong_key_and_unsigned_tokens_are_refused() {
     let auth = &app.config.auth;
     let secret = auth.hs256_secret.clone().unwrap();
     let base =
-        slotq_common::auth::claims(auth, Role::Ops, "eve", None, None, Duration::from_secs(600));
+        slotq_security::auth::claims(auth, Role::Ops, "eve", None, None, Duration::from_secs(600));
     let mut expired = base.clone();
     expired.exp = chrono::Utc::now().timestamp() - 3600;
     let mut wrong_aud = base.clone();
     wrong_aud.aud = "someone-else".into();
-    let good = slotq_common::auth::mint_hs256(&secret, &base).unwrap();
+    let good = slotq_security::auth::mint_hs256(&secret, &base).unwrap();
     let payload = good.split('.').nth(1).unwrap().to_owned();
     let tokens = [
-        slotq_common::auth::mint_hs256(&secret, &expired).unwrap(),
-        slotq_common::auth::mint_hs256(&secret, &wrong_aud).unwrap(),
-        slotq_common::auth::mint_hs256("not-the-secret", &base).unwrap(),
+        slotq_security::auth::mint_hs256(&secret, &expired).unwrap(),
+        slotq_security::auth::mint_hs256(&secret, &wrong_aud).unwrap(),
+        slotq_security::auth::mint_hs256("not-the-secret", &base).unwrap(),
         format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}."),
         "garbage".into(),
     ];
@@ -339,7 +339,7 @@ async fn es256_tokens_verify_against_a_jwks_file() {
         ],
     })
     .await;
-    let claims = slotq_common::auth::claims(
+    let claims = slotq_security::auth::claims(
         &app.config.auth,
         Role::Ops,
         "jwks-user",
@@ -367,7 +367,7 @@ async fn es256_tokens_verify_against_a_jwks_file() {
         401
     );
     // HS256 is not accepted when only a JWKS is configured (no algorithm confusion).
-    let hs = slotq_common::auth::mint_hs256("whatever", &claims).unwrap();
+    let hs = slotq_security::auth::mint_hs256("whatever", &claims).unwrap();
     assert_eq!(
         app.call("GET", "/v1/practitioners", Some(&hs), None)
             .await
@@ -471,12 +471,12 @@ async fn personal_data_is_unreadable_at_rest_and_survives_key_rotation() {
 
     // Rotation: a new key first, the old one kept → old rows readable, then re-encrypted.
     let old = app.config.pii.clone().unwrap();
-    let new_only = slotq_common::pii::PiiKeys::parse(
+    let new_only = slotq_security::pii::PiiKeys::parse(
         &format!("t2:{}", "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="),
         "CAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAg=",
     )
     .unwrap();
-    let rotated = slotq_common::pii::PiiKeys::parse(
+    let rotated = slotq_security::pii::PiiKeys::parse(
         &format!(
             "t2:{},{}",
             "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=", app.env["PII_KEYS"]
@@ -485,28 +485,28 @@ async fn personal_data_is_unreadable_at_rest_and_survives_key_rotation() {
     )
     .unwrap();
     let id = id_of(&p);
-    let read = slotq_common::db::directory::get_patient(&app.pool, &rotated, id)
+    let read = slotq_store::directory::get_patient(&app.pool, &rotated, id)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(read.email, "Grace@Navy.example");
     assert!(
-        slotq_common::db::directory::get_patient(&app.pool, &new_only, id)
+        slotq_store::directory::get_patient(&app.pool, &new_only, id)
             .await
             .is_err(),
         "the new key alone cannot read old rows yet"
     );
-    let changed = slotq_common::db::directory::encrypt_patients_at_rest(&app.pool, &rotated)
+    let changed = slotq_store::directory::encrypt_patients_at_rest(&app.pool, &rotated)
         .await
         .unwrap();
     assert!(changed >= 1);
-    let read = slotq_common::db::directory::get_patient(&app.pool, &new_only, id)
+    let read = slotq_store::directory::get_patient(&app.pool, &new_only, id)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(read.name, "Grace Hopper");
     assert!(
-        slotq_common::db::directory::get_patient(&app.pool, &old, id)
+        slotq_store::directory::get_patient(&app.pool, &old, id)
             .await
             .is_err(),
         "old key retired"

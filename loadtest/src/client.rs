@@ -275,8 +275,11 @@ impl Api {
             "amount": 4500,
             "currency": "EUR",
         }))?;
-        let signature =
-            slotq_common::signature::sign(secret.as_bytes(), Utc::now().timestamp(), &body);
+        let signature = slotq_security::payment_signature::sign(
+            secret.as_bytes(),
+            Utc::now().timestamp(),
+            &body,
+        );
         let res = self
             .http
             .post(format!("{}/v1/payments/webhook", self.base))

@@ -242,7 +242,7 @@ fn count(flag: &str, v: &str) -> anyhow::Result<usize> {
 
 /// A one-day `service` token signed with the stack's `JWT_HS256_SECRET`.
 fn mint_token(vars: &HashMap<String, String>) -> anyhow::Result<String> {
-    use slotq_common::auth::{AuthConfig, Role, claims, mint_hs256};
+    use slotq_security::auth::{AuthConfig, Role, claims, mint_hs256};
     let get = |k: &str, d: &str| {
         vars.get(k)
             .filter(|v| !v.is_empty())

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
-use slotq_common::auth::Role;
+use slotq_security::auth::Role;
 use slotq_testkit::{Options, spawn};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

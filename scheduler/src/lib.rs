@@ -9,7 +9,10 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use redis::aio::ConnectionManager;
-use slotq_common::{config::Config, fast_path::FastPath, metrics::Metrics, shutdown::Shutdown};
+use slotq_redis::fast_path::FastPath;
+use slotq_runtime::config::Config;
+use slotq_runtime::metrics::Metrics;
+use slotq_runtime::shutdown::Shutdown;
 use sqlx::PgPool;
 
 /// One expiry sweep: expires due holds batch by batch until none is due. Returns how many.
@@ -21,7 +24,7 @@ pub async fn sweep(
 ) -> anyhow::Result<usize> {
     let mut total = 0;
     loop {
-        let expired = slotq_common::db::bookings::expire_due(pool, batch).await?;
+        let expired = slotq_store::bookings::expire_due(pool, batch).await?;
         let now = Utc::now();
         for e in &expired {
             metrics
@@ -62,7 +65,7 @@ pub async fn cleanup_done_jobs(
     config: &Config,
     limit: usize,
 ) -> redis::RedisResult<usize> {
-    let c = slotq_common::queue::apalis_config(config);
+    let c = slotq_redis::queue::apalis_config(&config.queue());
     redis::Script::new(CLEANUP_LUA)
         .key(c.done_jobs_set())
         .key(c.job_data_hash())
@@ -79,13 +82,13 @@ pub async fn run(
     on_admin: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let slotq_common::process::Started {
+    let slotq_runtime::process::Started {
         pool,
         redis,
         metrics,
-    } = slotq_common::process::start(
+    } = slotq_runtime::process::start(
         &config,
-        slotq_common::metrics::Component::Scheduler,
+        slotq_runtime::metrics::Component::Scheduler,
         config.db_max_connections.min(4),
         &shutdown,
         on_admin,
@@ -112,7 +115,7 @@ pub async fn run(
         }
         // A second look for conflicts after each hours change (a safety net, see
         // `conflicts::recheck`).
-        match slotq_common::db::conflicts::recheck(&pool).await {
+        match slotq_store::conflicts::recheck(&pool).await {
             Ok(new) if !new.is_empty() => {
                 tracing::info!(
                     bookings = new.len(),

@@ -5,8 +5,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
-    slotq_common::process::service_main(
-        slotq_common::config::Role::Scheduler,
+    slotq_runtime::process::service_main(
+        slotq_runtime::config::Role::Scheduler,
         "slotq-scheduler",
         "expire unpaid holds, delete published outbox events after their retention, re-check schedule conflicts",
         "shutting down after the current sweep",

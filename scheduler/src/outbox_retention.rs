@@ -6,11 +6,9 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use slotq_common::{
-    config::Config,
-    db::outbox::{self, Retention},
-    metrics::Metrics,
-};
+use slotq_runtime::config::Config;
+use slotq_runtime::metrics::Metrics;
+use slotq_store::outbox::{self, Retention};
 use sqlx::PgPool;
 
 /// Rows deleted per statement (short transactions, bounded lock sets).

@@ -9,11 +9,9 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
 use serde_json::{Value, json};
-use slotq_common::{
-    auth::Role,
-    config::{Config, Role as ConfigRole},
-    shutdown::{self, Trigger},
-};
+use slotq_runtime::config::{Config, Role as ConfigRole};
+use slotq_runtime::shutdown::{self, Trigger};
+use slotq_security::auth::Role;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -112,13 +110,13 @@ pub async fn spawn(options: Options) -> TestApp {
         env.insert((*k).to_owned(), v.clone());
     }
     let config = Config::from_vars(ConfigRole::Ingress, &env).expect("test configuration");
-    let pool = slotq_common::db::connect(&config.database_url, 4)
+    let pool = slotq_store::connect(&config.database_url, 4)
         .await
         .expect("connect test database");
-    slotq_common::db::migrate(&pool)
+    slotq_store::migrate(&pool)
         .await
         .expect("migrate test database");
-    let redis = slotq_common::redis_connect(&config.redis_url)
+    let redis = slotq_redis::connect(&config.redis_url)
         .await
         .expect("connect to Redis (is it running?)");
 
@@ -376,7 +374,7 @@ impl TestApp {
     /// Sends a payment webhook signed at `t` with `secret`.
     pub async fn pay(&self, body: &Value, secret: &str, t: i64) -> (u16, Value) {
         let raw = serde_json::to_vec(body).expect("json");
-        let sig = slotq_common::signature::sign(secret.as_bytes(), t, &raw);
+        let sig = slotq_security::payment_signature::sign(secret.as_bytes(), t, &raw);
         status_and_json(
             self.http
                 .post(format!("{}/v1/payments/webhook", self.base))
@@ -393,11 +391,11 @@ impl TestApp {
         &self,
         requests: u64,
         timeout: Duration,
-    ) -> slotq_common::queue::QueueDepth {
+    ) -> slotq_redis::queue::QueueDepth {
         let mut conn = self.redis.clone();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let d = slotq_common::queue::depth(&mut conn, &self.config)
+            let d = slotq_redis::queue::depth(&mut conn, &self.config.queue())
                 .await
                 .expect("queue depth");
             if d.ready == 0 && d.scheduled == 0 && d.inflight > 0 && d.pending_requests == requests
@@ -485,7 +483,7 @@ pub fn mint(
     let Some(secret) = config.auth.hs256_secret.as_deref() else {
         return "no-hs256-secret".into();
     };
-    let claims = slotq_common::auth::claims(
+    let claims = slotq_security::auth::claims(
         &config.auth,
         role,
         sub,
@@ -493,7 +491,7 @@ pub fn mint(
         patient,
         Duration::from_secs(3600),
     );
-    slotq_common::auth::mint_hs256(secret, &claims).expect("sign token")
+    slotq_security::auth::mint_hs256(secret, &claims).expect("sign token")
 }
 
 /// An HTTP client sending `token` with every request.

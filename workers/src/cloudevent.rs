@@ -16,7 +16,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use slotq_common::db::outbox::OutboxEvent;
+use slotq_store::outbox::OutboxEvent;
 use uuid::Uuid;
 
 /// `source` of every event.

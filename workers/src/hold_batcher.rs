@@ -4,7 +4,7 @@
 //! requests (one job carries what ingress admitted in one call) to the batcher and waits.
 //! `BATCH_COMMITTERS` committer tasks take turns at the queue: one gathers up to `BATCH_MAX`
 //! requests (or whatever arrived within `BATCH_LINGER_MS` of the first), then decides them in
-//! one transaction (`slotq_common::db::holds::commit_batch`) while the next committer gathers
+//! one transaction (`slotq_store::holds::commit_batch`) while the next committer gathers
 //! the following batch. A handler returns, and apalis acknowledges its job, only after every
 //! one of its requests' decisions committed; if the process dies first, the job is redelivered
 //! and the recorded decisions are returned again.
@@ -15,14 +15,12 @@ use std::{
 };
 
 use chrono::Utc;
-use slotq_common::{
-    config::Config,
-    db::holds::{self, BatchError, Decided, HoldInput, Verdict},
-    fast_path::FastPath,
-    lookup::Lookup,
-    metrics::Metrics,
-    queue::HoldJob,
-};
+use slotq_redis::fast_path::FastPath;
+use slotq_redis::queue::HoldJob;
+use slotq_runtime::config::Config;
+use slotq_runtime::metrics::Metrics;
+use slotq_store::holds::{self, BatchError, Decided, HoldInput, Verdict};
+use slotq_store::lookup::Lookup;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -70,7 +68,7 @@ pub struct Committer {
     /// Batch size, linger, TTL, horizon.
     pub config: Arc<Config>,
     /// Cached schedules and patients: a batch reads only what is not there (see
-    /// `slotq_common::lookup` for why a stale schedule cannot decide a hold).
+    /// `slotq_store::lookup` for why a stale schedule cannot decide a hold).
     pub lookup: Lookup,
 }
 
@@ -210,7 +208,7 @@ impl Committer {
         // again. A rebuild reads the change counter before PostgreSQL and stores only if no
         // change came in between; if one did, the day stays dropped until its next read.
         if let Err(e) =
-            slotq_common::availability::rebuild_pairs(&self.pool, &self.fast, &days).await
+            slotq_redis::availability::rebuild_pairs(&self.pool, &self.fast, &days).await
         {
             tracing::warn!(error = %e, "could not rebuild the availability of rescheduled days");
         }

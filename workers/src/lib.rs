@@ -15,9 +15,11 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use apalis::prelude::*;
-use slotq_common::{
-    config::Config, fast_path::FastPath, metrics::Metrics, queue::HoldTask, shutdown::Shutdown,
-};
+use slotq_redis::fast_path::FastPath;
+use slotq_redis::queue::HoldTask;
+use slotq_runtime::config::Config;
+use slotq_runtime::metrics::Metrics;
+use slotq_runtime::shutdown::Shutdown;
 
 use crate::hold_batcher::{Batcher, Committer};
 
@@ -68,10 +70,11 @@ fn spawn_depth_refresher(
                 _ = tick.tick() => {}
                 () = shutdown.clone().wait() => return,
             }
-            if let Err(e) = slotq_common::queue::promote_due(&mut redis, &config, 1000).await {
+            if let Err(e) = slotq_redis::queue::promote_due(&mut redis, &config.queue(), 1000).await
+            {
                 tracing::debug!(error = %e, "could not promote due retries");
             }
-            match slotq_common::queue::depth(&mut redis, &config).await {
+            match slotq_redis::queue::depth(&mut redis, &config.queue()).await {
                 Ok(d) => metrics.observe_queue(&d),
                 Err(e) => tracing::debug!(error = %e, "queue depth unavailable"),
             }
@@ -153,10 +156,12 @@ async fn supervise(
     let mut backoff = Duration::from_millis(500);
     loop {
         let started = std::time::Instant::now();
-        if let Err(e) = slotq_common::queue::promote_due(&mut redis.clone(), config, 1000).await {
+        if let Err(e) =
+            slotq_redis::queue::promote_due(&mut redis.clone(), &config.queue(), 1000).await
+        {
             tracing::warn!(error = %e, "could not promote due retries");
         }
-        let storage = slotq_common::queue::hold_storage(redis.clone(), config);
+        let storage = slotq_redis::queue::hold_storage(redis.clone(), &config.queue());
         let worker = WorkerBuilder::new(name.clone())
             .backend(
                 storage.poll_with_strategy(Tick::every(Duration::from_millis(
@@ -204,13 +209,13 @@ pub async fn run(
     on_admin: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let slotq_common::process::Started {
+    let slotq_runtime::process::Started {
         pool,
         redis,
         metrics,
-    } = slotq_common::process::start(
+    } = slotq_runtime::process::start(
         &config,
-        slotq_common::metrics::Component::Workers,
+        slotq_runtime::metrics::Component::Workers,
         config.db_max_connections,
         &shutdown,
         on_admin,
@@ -224,7 +229,7 @@ pub async fn run(
     );
 
     let (batcher, committers) = hold_batcher::start(Committer {
-        lookup: slotq_common::lookup::Lookup::new(pool.clone()),
+        lookup: slotq_store::lookup::Lookup::new(pool.clone()),
         pool,
         fast: FastPath::new(redis.clone(), &config.redis_namespace),
         metrics: metrics.clone(),

@@ -5,8 +5,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
-    slotq_common::process::service_main(
-        slotq_common::config::Role::Workers,
+    slotq_runtime::process::service_main(
+        slotq_runtime::config::Role::Workers,
         "slotq-workers",
         "decide queued holds in batches, relay the outbox to Kafka, dispatch webhooks",
         "shutting down: finishing claimed jobs",

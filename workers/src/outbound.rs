@@ -9,7 +9,9 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use slotq_common::{config::Config, metrics::Metrics, shutdown::Shutdown};
+use slotq_runtime::config::Config;
+use slotq_runtime::metrics::Metrics;
+use slotq_runtime::shutdown::Shutdown;
 use tokio::{sync::Notify, task::JoinHandle};
 
 use crate::{outbox_relay::Relay, webhook_dispatcher::Dispatcher};
@@ -40,7 +42,7 @@ pub async fn start(
         return Ok(tasks);
     }
     if let Some(kafka) = &config.kafka {
-        let pool = slotq_common::db::connect(&config.database_url, RELAY_POOL_SIZE)
+        let pool = slotq_store::connect(&config.database_url, RELAY_POOL_SIZE)
             .await
             .context("connecting the outbox relay's pool to PostgreSQL")?;
         let relay = Relay {
@@ -58,7 +60,7 @@ pub async fn start(
         tracing::info!("KAFKA_BROKERS is unset: the outbox relay is off");
     }
     if config.webhooks.dispatch {
-        let pool = slotq_common::db::connect(
+        let pool = slotq_store::connect(
             &config.database_url,
             dispatcher_pool_size(config.webhooks.concurrency),
         )

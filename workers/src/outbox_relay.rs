@@ -35,7 +35,10 @@ use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer},
 };
-use slotq_common::{config::KafkaConfig, db::outbox, metrics::Metrics, shutdown::Shutdown};
+use slotq_runtime::config::KafkaConfig;
+use slotq_runtime::metrics::Metrics;
+use slotq_runtime::shutdown::Shutdown;
+use slotq_store::outbox;
 use sqlx::PgPool;
 
 use crate::cloudevent;

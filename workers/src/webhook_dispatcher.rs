@@ -19,7 +19,7 @@
 //! unix time, `webhook-signature` `v1,<base64 HMAC-SHA256>` of `id.timestamp.body`. Delivery is
 //! at least once and unordered (a retried event can arrive after a later one).
 //!
-//! The SSRF guard ([`slotq_common::webhooks::target`]) is enforced where it matters, at
+//! The SSRF guard ([`slotq_security::webhooks::target`]) is enforced where it matters, at
 //! connection time: IP-literal hosts are checked before the request, host names through a DNS
 //! resolver that drops private and loopback addresses, so a name that resolves (or later
 //! re-resolves) into the private network is never connected to. Redirects are not followed and
@@ -35,18 +35,14 @@ use std::{
 use anyhow::Context;
 use chrono::Utc;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use slotq_common::{
-    config::{OutboxConfig, WebhookConfig},
-    db::{
-        outbox,
-        webhooks::{self, Attempt, AttemptResult, DueDelivery, NewDelivery},
-    },
-    metrics::Metrics,
-    shutdown::Shutdown,
-    webhooks::{
-        signature::Secret,
-        target::{self, TargetError},
-    },
+use slotq_runtime::config::{OutboxConfig, WebhookConfig};
+use slotq_runtime::metrics::Metrics;
+use slotq_runtime::shutdown::Shutdown;
+use slotq_security::webhooks::signature::Secret;
+use slotq_security::webhooks::target::{self, TargetError};
+use slotq_store::{
+    outbox,
+    webhooks::{self, Attempt, AttemptResult, DueDelivery, NewDelivery},
 };
 use sqlx::PgPool;
 use tokio::{sync::Notify, task::JoinSet};

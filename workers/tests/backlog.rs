@@ -1,7 +1,7 @@
 //! The worker pool survives what stopped it before:
 //! - a backlog of more than 8,000 queued jobs (apalis-redis 1.0 promotes every due scheduled
 //!   job with one Lua `unpack`, which fails above ~8,000 values and ended the worker; ingress
-//!   therefore queues straight onto the ready list, `slotq_common::queue::HoldQueue`);
+//!   therefore queues straight onto the ready list, `slotq_redis::queue::HoldQueue`);
 //! - a failed fetch (here: the worker's registration vanished, as after a Redis restart
 //!   without persistence), after which apalis ends the worker: the process starts another.
 #![allow(
@@ -13,7 +13,7 @@ use std::{process::Stdio, time::Duration};
 
 use chrono::Utc;
 use redis::AsyncCommands;
-use slotq_common::queue::{HoldJob, HoldQueue, HoldTask};
+use slotq_redis::queue::{HoldJob, HoldQueue, HoldTask};
 use slotq_testkit::{Options, TestApp, id_of, slot, spawn};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
@@ -81,7 +81,7 @@ async fn a_backlog_of_nine_thousand_jobs_is_drained_by_a_worker_that_stays_up() 
         .await;
     assert_eq!(status, 202, "{body}");
     let real = id_of(&body);
-    let queue = HoldQueue::new(app.redis.clone(), &app.config);
+    let queue = HoldQueue::new(app.redis.clone(), &app.config.queue());
     let jobs: Vec<HoldJob> = (0..9000u32)
         .map(|i| unknown_patient_job(fx.practitioner_id, i))
         .collect();
@@ -94,28 +94,27 @@ async fn a_backlog_of_nine_thousand_jobs_is_drained_by_a_worker_that_stays_up() 
     // Pushing a request's job again changes nothing (the task id is the request id).
     assert!(!queue.push(jobs[0].clone()).await.unwrap());
     let mut conn = app.redis.clone();
-    let depth = slotq_common::queue::depth(&mut conn, &app.config)
+    let depth = slotq_redis::queue::depth(&mut conn, &app.config.queue())
         .await
         .unwrap();
     assert_eq!(depth.ready, 9001, "{depth:?}");
     assert_eq!(depth.pending_requests, 9001, "{depth:?}");
     // A counter that drifted below the truth (say, decisions announced twice) is read with a
     // floor of one request per unfinished job.
-    let pending_key =
-        slotq_common::redis_keys::Keys::new(&app.config.redis_namespace).pending_requests();
+    let pending_key = slotq_redis::keys::Keys::new(&app.config.redis_namespace).pending_requests();
     let _: () = redis::cmd("SET")
         .arg(&pending_key)
         .arg(-500)
         .query_async(&mut conn)
         .await
         .unwrap();
-    let depth = slotq_common::queue::depth(&mut conn, &app.config)
+    let depth = slotq_redis::queue::depth(&mut conn, &app.config.queue())
         .await
         .unwrap();
     assert_eq!(depth.pending_requests, 9001, "{depth:?}");
     // The age of the oldest ready job comes from the head of the ready list (its ULID).
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let depth = slotq_common::queue::depth(&mut conn, &app.config)
+    let depth = slotq_redis::queue::depth(&mut conn, &app.config.queue())
         .await
         .unwrap();
     assert!((2..30).contains(&depth.oldest_ready_age_secs), "{depth:?}");
@@ -142,7 +141,7 @@ async fn a_backlog_of_nine_thousand_jobs_is_drained_by_a_worker_that_stays_up() 
     assert_eq!(v["status"], "held", "{v}");
     let mut left = 0;
     for _ in 0..50 {
-        let d = slotq_common::queue::depth(&mut conn, &app.config)
+        let d = slotq_redis::queue::depth(&mut conn, &app.config.queue())
             .await
             .unwrap();
         left = d.ready + d.scheduled + d.inflight + d.dead;
@@ -153,7 +152,7 @@ async fn a_backlog_of_nine_thousand_jobs_is_drained_by_a_worker_that_stays_up() 
     }
     assert_eq!(left, 0, "the queue is empty and nothing is dead");
     // Once no job is left, the counter is the truth again: 0, whatever it drifted to.
-    let d = slotq_common::queue::depth(&mut conn, &app.config)
+    let d = slotq_redis::queue::depth(&mut conn, &app.config.queue())
         .await
         .unwrap();
     assert_eq!(d.pending_requests, 0, "{d:?}");
@@ -186,7 +185,7 @@ async fn a_worker_that_apalis_gives_up_on_is_replaced_and_the_queue_keeps_moving
 
     // The worker's registration disappears: its next fetch and heartbeat fail and apalis
     // ends that worker.
-    let workers_key = format!("{}:workers", app.config.holds_queue());
+    let workers_key = format!("{}:workers", app.config.queue().holds_queue());
     let mut conn = app.redis.clone();
     let removed: i64 = conn.del(&workers_key).await.unwrap();
     assert_eq!(removed, 1, "the worker was registered");
@@ -233,7 +232,7 @@ async fn more_than_eight_thousand_due_retries_in_apalis_scheduled_set_are_draine
     let fx = app.fixture().await;
     // apalis' own push puts jobs in the scheduled ZSET, as its retry scheduling does; with
     // more than ~8,000 due there, apalis' fetch fails on its own (see `queue::promote_due`).
-    let mut storage = slotq_common::queue::hold_storage(app.redis.clone(), &app.config);
+    let mut storage = slotq_redis::queue::hold_storage(app.redis.clone(), &app.config.queue());
     for i in 0..8500u32 {
         storage
             .push(HoldTask {
@@ -244,7 +243,7 @@ async fn more_than_eight_thousand_due_retries_in_apalis_scheduled_set_are_draine
     }
     let mut conn = app.redis.clone();
     let scheduled: i64 = conn
-        .zcard(format!("{}:scheduled", app.config.holds_queue()))
+        .zcard(format!("{}:scheduled", app.config.queue().holds_queue()))
         .await
         .unwrap();
     assert_eq!(scheduled, 8500);

@@ -155,7 +155,7 @@ async fn sigterm_mid_batch_finishes_or_hands_back_every_claimed_job() {
     // What the handlers held was committed; the rest went back to the ready list at once
     // (not left in the dead worker's in-flight set for heartbeat recovery).
     let committed = decided(&app).await;
-    let d = slotq_common::queue::depth(&mut app.redis.clone(), &app.config)
+    let d = slotq_redis::queue::depth(&mut app.redis.clone(), &app.config.queue())
         .await
         .unwrap();
     assert_eq!(committed, 30, "the running batch finished before exit");
@@ -229,8 +229,9 @@ async fn workers_export_queue_depth_on_their_admin_port() {
     env.insert("BATCH_LINGER_MS".into(), "10000".into());
     env.insert("BATCH_MAX".into(), "1000".into());
     let config =
-        slotq_common::config::Config::from_vars(slotq_common::config::Role::Workers, &env).unwrap();
-    let (trigger, stop) = slotq_common::shutdown::channel();
+        slotq_runtime::config::Config::from_vars(slotq_runtime::config::Role::Workers, &env)
+            .unwrap();
+    let (trigger, stop) = slotq_runtime::shutdown::channel();
     let (bound, admin) = tokio::sync::oneshot::channel();
     let pool = tokio::spawn(slotq_workers::run(config, stop, move |addr| {
         let _ = bound.send(addr);

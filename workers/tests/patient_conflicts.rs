@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, DurationRound, Utc};
 use futures::future::join_all;
 use serde_json::{Value, json};
-use slotq_common::db::holds::{Decided, HoldInput, Verdict, commit_batch};
+use slotq_store::holds::{Decided, HoldInput, Verdict, commit_batch};
 use slotq_testkit::{Options, TestApp, id_of, slot, spawn};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -366,7 +366,7 @@ async fn concurrent_batches_of_one_patient_in_different_countries_hold_one() {
         env: vec![],
     })
     .await;
-    let pool = slotq_common::db::connect(&app.config.database_url, 12)
+    let pool = slotq_store::connect(&app.config.database_url, 12)
         .await
         .unwrap();
     let ttl = Duration::from_secs(600);
@@ -423,7 +423,7 @@ async fn the_decided_check_takes_every_lock_even_when_nothing_was_decided() {
     let mut tx = app.pool.begin().await.unwrap();
     // No request of these ids exists: the statement reads no row, yet locks all three keys
     // exclusively and the two hours keys shared.
-    let views = slotq_common::db::requests::decided_views_locking(
+    let views = slotq_store::requests::decided_views_locking(
         &mut tx,
         &[Uuid::now_v7(), Uuid::now_v7()],
         &[-5, 7, 11],

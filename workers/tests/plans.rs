@@ -5,7 +5,7 @@
     reason = "a test fails loudly on the first surprise"
 )]
 
-use slotq_common::db::outbox;
+use slotq_store::outbox;
 use slotq_testkit::{Options, TestApp, spawn};
 use uuid::Uuid;
 
@@ -42,7 +42,7 @@ async fn the_decided_check_probes_the_primary_key_even_when_statistics_call_the_
     let ids: Vec<Uuid> = (0..128).map(|_| Uuid::now_v7()).collect();
     let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "EXPLAIN {}",
-        slotq_common::db::requests::DECIDED_VIEWS
+        slotq_store::requests::DECIDED_VIEWS
     )))
     .bind(&ids)
     .fetch_all(&app.pool)
@@ -84,8 +84,8 @@ async fn the_patients_instant_check_of_the_hold_insert_probes_patient_and_instan
     let at = |i: usize| chrono::Utc::now() + chrono::Duration::minutes(30 * i as i64);
     // Both hold inserts: the one every index arbitrates and the one only the slot gate does.
     for statement in [
-        slotq_common::db::holds::INSERT_HOLDS,
-        slotq_common::db::holds::INSERT_HOLDS_SLOT_ARBITER,
+        slotq_store::holds::INSERT_HOLDS,
+        slotq_store::holds::INSERT_HOLDS_SLOT_ARBITER,
     ] {
         let plan: Vec<String> =
             sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {statement}")))

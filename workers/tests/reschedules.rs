@@ -174,10 +174,8 @@ async fn a_hold_past_its_expiry_cannot_be_moved_even_before_the_sweep() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_rebuilds_the_bitmaps_of_both_days_and_a_rebuild_read_before_it_is_not_stored() {
-    use slotq_common::{
-        fast_path::FastPath,
-        redis_keys::{BUILT_BIT, availability_bit, bit_is_set, set_bit},
-    };
+    use slotq_redis::fast_path::FastPath;
+    use slotq_redis::keys::{BUILT_BIT, availability_bit, bit_is_set, set_bit};
     let app = spawn(Options::default()).await;
     let fx = app.fixture().await;
     let p = fx.practitioner_id;

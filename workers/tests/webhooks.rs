@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Value, json};
-use slotq_common::webhooks::signature::Secret;
+use slotq_security::webhooks::signature::Secret;
 use slotq_testkit::{Fixture, Options, TestApp, id_of, slot, spawn};
 use support::{Received, Receiver, Workers, start_workers};
 use uuid::Uuid;
@@ -601,8 +601,8 @@ async fn outbox_row(conn: impl sqlx::PgExecutor<'_>) -> i64 {
 }
 
 /// Takes the dispatch cursor for `tx`'s transaction (it must be free) and reads it.
-async fn take_cursor(tx: &mut sqlx::PgConnection) -> slotq_common::db::outbox::Cursor {
-    slotq_common::db::outbox::lock_dispatch_cursor(tx)
+async fn take_cursor(tx: &mut sqlx::PgConnection) -> slotq_store::outbox::Cursor {
+    slotq_store::outbox::lock_dispatch_cursor(tx)
         .await
         .unwrap()
         .unwrap()
@@ -612,7 +612,7 @@ async fn take_cursor(tx: &mut sqlx::PgConnection) -> slotq_common::db::outbox::C
 /// back).
 async fn cursor_free(pool: &sqlx::PgPool) -> bool {
     let mut tx = pool.begin().await.unwrap();
-    let free = slotq_common::db::outbox::lock_dispatch_cursor(&mut tx)
+    let free = slotq_store::outbox::lock_dispatch_cursor(&mut tx)
         .await
         .unwrap()
         .is_some();
@@ -622,7 +622,7 @@ async fn cursor_free(pool: &sqlx::PgPool) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_fan_out_locks_no_row_so_its_commit_waits_for_no_wal_flush() {
-    use slotq_common::db::{outbox, webhooks};
+    use slotq_store::{outbox, webhooks};
     let app = bare_app().await;
     // What an idle poll runs: the cursor, the wanted types, the outbox after the cursor.
     let mut tx = app.pool.begin().await.unwrap();
@@ -648,7 +648,7 @@ async fn an_idle_fan_out_locks_no_row_so_its_commit_waits_for_no_wal_flush() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dispatch_cursor_never_passes_a_row_whose_transaction_is_still_running() {
-    use slotq_common::db::outbox;
+    use slotq_store::outbox;
     let app = bare_app().await;
     // T1 writes first (the smaller id) but commits last; T2 commits in between.
     let mut t1 = app.pool.begin().await.unwrap();
@@ -698,7 +698,7 @@ async fn the_dispatch_cursor_never_passes_a_row_whose_transaction_is_still_runni
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_subscriber_the_cursor_skips_exactly_the_rows_a_read_would_return() {
-    use slotq_common::db::outbox;
+    use slotq_store::outbox;
     let app = bare_app().await;
     let cursor = |pool: sqlx::PgPool| async move {
         let mut tx = pool.begin().await.unwrap();

@@ -1,11 +1,12 @@
 //! Finding a free slot: one practitioner's availability, search across practitioners, and the
 //! practitioner directory. Answers come from the schedules and the Redis bitmaps
-//! (`slotq_common::availability`), not from scanning bookings.
+//! (`slotq_redis::availability`), not from scanning bookings.
 
 use axum::{Json, extract::State, response::IntoResponse};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
-use slotq_common::{availability, db::directory};
+use slotq_redis::availability;
+use slotq_store::directory;
 use uuid::Uuid;
 
 use super::bookings::{not_a_cursor, parse_instant, parse_upper_bound};
@@ -236,7 +237,7 @@ pub async fn search(
     let country = f.optional(
         "country",
         q.country.as_deref(),
-        slotq_common::domain::fields::country_code,
+        slotq_domain::fields::country_code,
     );
     f.finish()?;
     let from = from.max(now);
@@ -350,11 +351,7 @@ pub async fn practitioners(
             "must be between 1 and 1000",
         ));
     }
-    let country = match q
-        .country
-        .as_deref()
-        .map(slotq_common::domain::fields::country_code)
-    {
+    let country = match q.country.as_deref().map(slotq_domain::fields::country_code) {
         Some(Ok(c)) => Some(c),
         Some(Err(e)) => return Err(ApiError::invalid_field("country", "invalid", e)),
         None => None,

@@ -11,12 +11,10 @@ use axum::{
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use slotq_common::auth::{Principal, Role};
-use slotq_common::{
-    db::requests::RequestView,
-    fast_path::{Admission, AdmitItem},
-    queue::HoldJob,
-};
+use slotq_redis::fast_path::{Admission, AdmitItem};
+use slotq_redis::queue::HoldJob;
+use slotq_security::auth::{Principal, Role};
+use slotq_store::requests::RequestView;
 use tower_http::request_id::RequestId;
 use uuid::Uuid;
 
@@ -37,7 +35,7 @@ pub struct SubmitBody {
 }
 
 /// The request's `Idempotency-Key`, scoped to the caller (see
-/// [`slotq_common::redis_keys::idempotency_scope`]).
+/// [`slotq_redis::keys::idempotency_scope`]).
 pub(crate) fn idempotency_key(
     headers: &HeaderMap,
     caller: &Principal,
@@ -59,7 +57,7 @@ pub(crate) fn idempotency_key(
         .ok_or_else(|| {
             ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into())
         })?;
-    Ok(Some(slotq_common::redis_keys::idempotency_scope(
+    Ok(Some(slotq_redis::keys::idempotency_scope(
         caller.role.as_str(),
         &caller.sub,
         key,
@@ -163,7 +161,7 @@ pub(crate) fn body_hash(
 }
 
 /// `POST /v1/booking-requests` → 202 `{id, status: "queued"}` + `Location`.
-#[utoipa::path(post, path = "/v1/booking-requests", request_body = SubmitBody, params(("Idempotency-Key" = Option<String>, Header, description = "Stripe-style idempotency key")), responses((status = 202, body = slotq_common::db::requests::RequestView), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/booking-requests", request_body = SubmitBody, params(("Idempotency-Key" = Option<String>, Header, description = "Stripe-style idempotency key")), responses((status = 202, body = slotq_store::requests::RequestView), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn submit(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -385,7 +383,7 @@ pub struct PollQuery {
 }
 
 /// `GET /v1/booking-requests/{id}[?wait=S]`.
-#[utoipa::path(get, path = "/v1/booking-requests/{id}", params(("id" = String, Path, description = "id (a UUID)"), PollQuery), responses((status = 200, body = slotq_common::db::requests::RequestView), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/booking-requests/{id}", params(("id" = String, Path, description = "id (a UUID)"), PollQuery), responses((status = 200, body = slotq_store::requests::RequestView), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn poll(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -459,7 +457,7 @@ pub(crate) async fn current_view(s: &AppState, id: Uuid) -> Result<Option<Reques
     if trust_cache {
         return Ok(cached);
     }
-    match slotq_common::db::requests::decided_view(&s.pool, id).await? {
+    match slotq_store::requests::decided_view(&s.pool, id).await? {
         Some(v) => Ok(Some(v)),
         None => Ok(cached),
     }

@@ -4,11 +4,9 @@
 use axum::{Json, extract::State, http::HeaderMap, response::IntoResponse};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
-use slotq_common::auth::Principal;
-use slotq_common::{
-    db::bookings::{self, Booking, ListFilter, ListOwner},
-    domain::status::{BookingEvent, BookingStatus},
-};
+use slotq_domain::status::{BookingEvent, BookingStatus};
+use slotq_security::auth::Principal;
+use slotq_store::bookings::{self, Booking, ListFilter, ListOwner};
 use tower_http::request_id::RequestId;
 use uuid::Uuid;
 
@@ -21,7 +19,7 @@ use crate::{
 };
 
 /// `GET /v1/bookings/{id}`.
-#[utoipa::path(get, path = "/v1/bookings/{id}", operation_id = "get_booking", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_common::db::bookings::Booking), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/bookings/{id}", operation_id = "get_booking", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_store::bookings::Booking), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -71,7 +69,7 @@ pub async fn audit(
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
     load(&s, &caller, id, Access::Audit).await?;
-    let items = slotq_common::db::events::audit_trail(&s.pool, id).await?;
+    let items = slotq_store::events::audit_trail(&s.pool, id).await?;
     Ok(Json(
         serde_json::json!({ "booking_id": id, "items": items }),
     ))
@@ -136,7 +134,7 @@ async fn change(
     let reason = match body
         .reason
         .as_deref()
-        .map(|r| slotq_common::domain::fields::name(r, 500))
+        .map(|r| slotq_domain::fields::name(r, 500))
     {
         Some(Err(e)) => return Err(ApiError::invalid_field("reason", "invalid", e)),
         Some(Ok(r)) => Some(r),
@@ -149,7 +147,7 @@ async fn change(
 }
 
 /// `POST /v1/bookings/{id}/cancel` (optional `{reason}`): frees the slot at once.
-#[utoipa::path(post, path = "/v1/bookings/{id}/cancel", params(("id" = String, Path, description = "id (a UUID)")), request_body(content = Option<ChangeBody>, content_type = "application/json"), responses((status = 200, body = slotq_common::db::bookings::Booking), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/bookings/{id}/cancel", params(("id" = String, Path, description = "id (a UUID)")), request_body(content = Option<ChangeBody>, content_type = "application/json"), responses((status = 200, body = slotq_store::bookings::Booking), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn cancel(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -171,7 +169,7 @@ pub async fn cancel(
 }
 
 /// `POST /v1/bookings/{id}/complete`: the visit took place (confirmed, after its start).
-#[utoipa::path(post, path = "/v1/bookings/{id}/complete", params(("id" = String, Path, description = "id (a UUID)")), request_body(content = Option<ChangeBody>, content_type = "application/json"), responses((status = 200, body = slotq_common::db::bookings::Booking), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/bookings/{id}/complete", params(("id" = String, Path, description = "id (a UUID)")), request_body(content = Option<ChangeBody>, content_type = "application/json"), responses((status = 200, body = slotq_store::bookings::Booking), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn complete(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -193,7 +191,7 @@ pub async fn complete(
 }
 
 /// `POST /v1/bookings/{id}/no-show`: the patient did not come (confirmed, after its start).
-#[utoipa::path(post, path = "/v1/bookings/{id}/no-show", params(("id" = String, Path, description = "id (a UUID)")), request_body(content = Option<ChangeBody>, content_type = "application/json"), responses((status = 200, body = slotq_common::db::bookings::Booking), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/bookings/{id}/no-show", params(("id" = String, Path, description = "id (a UUID)")), request_body(content = Option<ChangeBody>, content_type = "application/json"), responses((status = 200, body = slotq_store::bookings::Booking), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn no_show(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -223,7 +221,7 @@ pub struct RescheduleBody {
 
 /// `POST /v1/bookings/{id}/reschedule {slot_start}` → 202: a request of kind `reschedule`;
 /// the worker moves the booking in one transaction, or changes nothing.
-#[utoipa::path(post, path = "/v1/bookings/{id}/reschedule", params(("id" = String, Path, description = "id (a UUID)"), ("Idempotency-Key" = Option<String>, Header, description = "Stripe-style idempotency key")), request_body = RescheduleBody, responses((status = 202, body = slotq_common::db::requests::RequestView), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/bookings/{id}/reschedule", params(("id" = String, Path, description = "id (a UUID)"), ("Idempotency-Key" = Option<String>, Header, description = "Stripe-style idempotency key")), request_body = RescheduleBody, responses((status = 202, body = slotq_store::requests::RequestView), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn reschedule(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -411,7 +409,7 @@ pub async fn by_patient(
     AppQuery(q): AppQuery<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let owner = crate::auth::patient_bookings_scope(&caller, id)?;
-    if !slotq_common::db::directory::patient_exists(&s.pool, id).await? {
+    if !slotq_store::directory::patient_exists(&s.pool, id).await? {
         return Err(ApiError::not_found("patient", id));
     }
     list(&s, owner, &q).await

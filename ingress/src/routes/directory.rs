@@ -8,13 +8,11 @@ use axum::{
 };
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
-use slotq_common::{
-    db::directory::{self, NewClinic},
-    domain::{
-        fields,
-        slot::{ScheduleException, WeeklyHours},
-    },
+use slotq_domain::{
+    fields,
+    slot::{ScheduleException, WeeklyHours},
 };
+use slotq_store::directory::{self, NewClinic};
 use uuid::Uuid;
 
 use crate::{
@@ -41,7 +39,7 @@ pub struct ClinicBody {
 }
 
 /// `POST /v1/clinics` → 201.
-#[utoipa::path(post, path = "/v1/clinics", request_body = ClinicBody, responses((status = 201, body = slotq_common::db::directory::Clinic), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/clinics", request_body = ClinicBody, responses((status = 201, body = slotq_store::directory::Clinic), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn create_clinic(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -79,7 +77,7 @@ pub async fn create_clinic(
 }
 
 /// `GET /v1/clinics/{id}`.
-#[utoipa::path(get, path = "/v1/clinics/{id}", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_common::db::directory::Clinic), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/clinics/{id}", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_store::directory::Clinic), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get_clinic(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -106,7 +104,7 @@ pub struct PractitionerBody {
 }
 
 /// `POST /v1/clinics/{id}/practitioners` → 201.
-#[utoipa::path(post, path = "/v1/clinics/{id}/practitioners", params(("id" = String, Path, description = "id (a UUID)")), request_body = PractitionerBody, responses((status = 201, body = slotq_common::db::directory::Practitioner), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/clinics/{id}/practitioners", params(("id" = String, Path, description = "id (a UUID)")), request_body = PractitionerBody, responses((status = 201, body = slotq_store::directory::Practitioner), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn create_practitioner(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -133,7 +131,7 @@ pub async fn create_practitioner(
 }
 
 /// `GET /v1/practitioners/{id}`.
-#[utoipa::path(get, path = "/v1/practitioners/{id}", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_common::db::directory::Practitioner), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/practitioners/{id}", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_store::directory::Practitioner), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get_practitioner(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -369,7 +367,7 @@ pub async fn conflicts(
     if directory::get_practitioner(&s.pool, id).await?.is_none() {
         return Err(ApiError::not_found("practitioner", id));
     }
-    let items = slotq_common::db::conflicts::open(&s.pool, id).await?;
+    let items = slotq_store::conflicts::open(&s.pool, id).await?;
     Ok(Json(serde_json::json!({ "items": items })))
 }
 
@@ -394,7 +392,7 @@ pub async fn resolve_conflict(
         return Err(ApiError::NotFound("no such conflict".into()));
     };
     authorize(&caller, Action::ManageClinic(clinic_of(&s, pid).await?))?;
-    let open = slotq_common::db::conflicts::open(&s.pool, pid).await?;
+    let open = slotq_store::conflicts::open(&s.pool, pid).await?;
     if !open.iter().any(|c| c.booking_id == bid) {
         return Err(ApiError::NotFound(
             "no open conflict for this booking".into(),
@@ -402,7 +400,7 @@ pub async fn resolve_conflict(
     }
     match b.action.as_str() {
         "keep" => {
-            slotq_common::db::conflicts::keep(&s.pool, pid, bid).await?;
+            slotq_store::conflicts::keep(&s.pool, pid, bid).await?;
             Ok(Json(
                 serde_json::json!({ "booking_id": bid, "resolution": "kept" }),
             ))
@@ -410,8 +408,7 @@ pub async fn resolve_conflict(
         "cancel" => {
             let reason = b.reason.as_deref().unwrap_or("schedule_changed");
             let actor = crate::auth::actor(&caller, None);
-            let booking =
-                slotq_common::db::bookings::cancel(&s.pool, bid, Some(reason), &actor).await?;
+            let booking = slotq_store::bookings::cancel(&s.pool, bid, Some(reason), &actor).await?;
             crate::routes::bookings::after_change(&s, &booking).await;
             Ok(Json(
                 serde_json::json!({ "booking_id": bid, "resolution": "cancelled" }),
@@ -455,7 +452,7 @@ pub struct PatientBody {
 }
 
 /// `POST /v1/patients` → 201; a registered e-mail → 409.
-#[utoipa::path(post, path = "/v1/patients", request_body = PatientBody, responses((status = 201, body = slotq_common::db::directory::Patient), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/patients", request_body = PatientBody, responses((status = 201, body = slotq_store::directory::Patient), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn create_patient(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -484,7 +481,7 @@ pub async fn create_patient(
 }
 
 /// `GET /v1/patients/{id}`.
-#[utoipa::path(get, path = "/v1/patients/{id}", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_common::db::directory::Patient), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/patients/{id}", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_store::directory::Patient), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get_patient(
     State(s): State<AppState>,
     Caller(caller): Caller,

@@ -1,5 +1,5 @@
 //! `/healthz` and `/readyz` on the public listener. `/metrics` is served on the admin
-//! listener only (`ADMIN_ADDR`, see `slotq_common::admin`).
+//! listener only (`ADMIN_ADDR`, see `slotq_runtime::admin`).
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 
@@ -18,7 +18,7 @@ pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     if s.shutdown.is_stopping() || s.metrics.shutting_down.get() == 1 {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string());
     }
-    match slotq_common::admin::dependencies_ready(&s.pool, &s.redis).await {
+    match slotq_runtime::admin::dependencies_ready(&s.pool, &s.redis).await {
         Ok(()) => (StatusCode::OK, "ready".to_string()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e),
     }

@@ -3,12 +3,10 @@
 use axum::{Json, extract::State, http::HeaderMap, response::IntoResponse};
 use serde::Deserialize;
 use serde_json::json;
-use slotq_common::{
-    db::{
-        bookings::{Actor, TransitionError},
-        payments::{PaymentError, PaymentNotice, apply_payment},
-    },
-    signature,
+use slotq_security::payment_signature as signature;
+use slotq_store::{
+    bookings::{Actor, TransitionError},
+    payments::{PaymentError, PaymentNotice, apply_payment},
 };
 use uuid::Uuid;
 

@@ -13,10 +13,11 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::json;
-use slotq_common::{
-    db::webhooks::{self, RedeliverError},
-    webhooks::{EVENT_TYPES, is_event_type, signature::Secret, target},
-};
+use slotq_domain::events::is_event_type;
+use slotq_domain::events::types::ALL as EVENT_TYPES;
+use slotq_security::webhooks::signature::Secret;
+use slotq_security::webhooks::target;
+use slotq_store::webhooks::{self, RedeliverError};
 use uuid::Uuid;
 
 use crate::{
@@ -170,7 +171,7 @@ pub async fn list(
 }
 
 /// `GET /v1/webhook-subscriptions/{id}` (without the secret).
-#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}", operation_id = "get_webhook_subscription", params(("id" = String, Path, description = "subscription id (a UUID)")), responses((status = 200, body = slotq_common::db::webhooks::Subscription), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}", operation_id = "get_webhook_subscription", params(("id" = String, Path, description = "subscription id (a UUID)")), responses((status = 200, body = slotq_store::webhooks::Subscription), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -247,7 +248,7 @@ pub async fn delivery(
 
 /// `POST /v1/webhook-subscriptions/{id}/deliveries/{delivery_id}/redeliver` → 202: a
 /// dead-lettered delivery is due again at once, with a fresh retry window.
-#[utoipa::path(post, path = "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}/redeliver", params(("id" = String, Path, description = "subscription id (a UUID)"), ("delivery_id" = String, Path, description = "delivery id (a UUID)")), operation_id = "redeliver_webhook_delivery", responses((status = 202, body = slotq_common::db::webhooks::Delivery), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}/redeliver", params(("id" = String, Path, description = "subscription id (a UUID)"), ("delivery_id" = String, Path, description = "delivery id (a UUID)")), operation_id = "redeliver_webhook_delivery", responses((status = 202, body = slotq_store::webhooks::Delivery), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn redeliver(
     State(s): State<AppState>,
     Caller(caller): Caller,

@@ -25,10 +25,8 @@ use rdkafka::{
     message::Headers,
 };
 use serde_json::Value;
-use slotq_common::{
-    config::{Config, Role},
-    shutdown::{self, Trigger},
-};
+use slotq_runtime::config::{Config, Role};
+use slotq_runtime::shutdown::{self, Trigger};
 use slotq_testkit::TestApp;
 
 /// A worker process started in-process by the test (not by the harness), so the test knows
