@@ -117,8 +117,8 @@ fn item(
 ) -> AdmitItem {
     let view = RequestView {
         id: Uuid::now_v7(),
-        status: "queued".into(),
-        kind: "book".into(),
+        status: slotq_domain::request::RequestStatus::Queued,
+        kind: slotq_domain::request::RequestKind::Book,
         booking_id: None,
         hold_expires_at: None,
         reason: None,

@@ -111,3 +111,65 @@ async fn every_documented_operation_is_served_and_every_route_is_documented() {
     assert_eq!(listed, slotq_domain::events::types::ALL);
     app.stop().await;
 }
+
+/// Every `$ref` of the document names a schema it defines, and the request statuses and
+/// rejection reasons are enumerated as the server writes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_schema_reference_resolves_and_the_enums_list_their_wire_names() {
+    let app = spawn(Options {
+        workers: false,
+        scheduler: false,
+        ..Options::default()
+    })
+    .await;
+    let (_, doc) = app.call("GET", "/openapi.json", None, None).await;
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let mut refs = Vec::new();
+    collect_refs(&doc, &mut refs);
+    assert!(!refs.is_empty());
+    for r in &refs {
+        let name = r.strip_prefix("#/components/schemas/").unwrap_or(r);
+        assert!(schemas.contains_key(name), "{r} is not defined");
+    }
+    let listed = |name: &str| -> Vec<String> {
+        schemas[name]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name} is an enum: {}", schemas[name]))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    use slotq_domain::request::{RejectionReason, RequestStatus};
+    let wire = |all: &[&str]| all.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        listed("RequestStatus"),
+        wire(
+            &RequestStatus::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+        )
+    );
+    assert_eq!(
+        listed("RejectionReason"),
+        wire(
+            &RejectionReason::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+        )
+    );
+}
+
+fn collect_refs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(serde_json::Value::String(r)) = m.get("$ref") {
+                out.push(r.clone());
+            }
+            m.values().for_each(|x| collect_refs(x, out));
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_refs(x, out)),
+        _ => {}
+    }
+}

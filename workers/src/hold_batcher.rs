@@ -15,6 +15,7 @@ use std::{
 };
 
 use chrono::Utc;
+use slotq_domain::request::{RejectionReason, RequestKind, RequestOutcome};
 use slotq_redis::fast_path::FastPath;
 use slotq_redis::queue::HoldJob;
 use slotq_runtime::config::Config;
@@ -190,7 +191,7 @@ impl Committer {
     async fn invalidate_moved_days(&self, decided: &[Decided]) {
         let mut days: Vec<(uuid::Uuid, chrono::NaiveDate)> = decided
             .iter()
-            .filter(|d| d.view.kind == "reschedule" && d.view.booking_id.is_some())
+            .filter(|d| d.view.kind == RequestKind::Reschedule && d.view.booking_id.is_some())
             .flat_map(|d| {
                 let p = d.view.practitioner_id;
                 let from = d.freed.map(|(_, slot)| (p, slot.date_naive()));
@@ -232,8 +233,10 @@ impl Committer {
             .map(|p| {
                 let j = &p.job;
                 let verdict = match schedules.get(&j.practitioner_id) {
-                    None => Verdict::Reject("unknown_practitioner"),
-                    Some(_) if !known.contains(&j.patient_id) => Verdict::Reject("unknown_patient"),
+                    None => Verdict::Reject(RejectionReason::UnknownPractitioner),
+                    Some(_) if !known.contains(&j.patient_id) => {
+                        Verdict::Reject(RejectionReason::UnknownPatient)
+                    }
                     Some(s) => {
                         match s
                             .schedule
@@ -294,17 +297,18 @@ impl Committer {
             let v = &d.view;
             // Only rejections carry a reason (a rejected reschedule names its booking too).
             let outcome = if v.reason.is_none() {
-                "held"
+                RequestOutcome::Held
             } else {
-                "rejected"
+                RequestOutcome::Rejected
             };
+            let reason = v.reason.map_or("", RejectionReason::as_str);
             m.decisions
-                .with_label_values(&[outcome, v.reason.as_deref().unwrap_or("")])
+                .with_label_values(&[outcome.as_str(), reason])
                 .inc();
             let at = v.decided_at.unwrap_or(now);
             m.decision_latency
                 .observe((at - v.submitted_at).num_microseconds().unwrap_or(0) as f64 / 1e6);
-            tracing::debug!(request = %v.id, outcome, reason = v.reason.as_deref().unwrap_or(""), "decided");
+            tracing::debug!(request = %v.id, %outcome, reason, "decided");
         }
     }
 }

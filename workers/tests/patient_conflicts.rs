@@ -230,7 +230,10 @@ fn outcome(decided: &[Decided], request: Uuid) -> (String, Option<String>) {
         .iter()
         .find(|d| d.view.id == request)
         .unwrap_or_else(|| panic!("no decision for {request}"));
-    (d.view.status.clone(), d.view.reason.clone())
+    (
+        d.view.status.to_string(),
+        d.view.reason.map(|r| r.to_string()),
+    )
 }
 
 fn held() -> (String, Option<String>) {

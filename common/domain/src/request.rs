@@ -23,8 +23,11 @@ macro_rules! text_enum {
             Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
             utoipa::ToSchema,
         )]
+        // The wire names are the variants' snake_case names (a unit test checks `as_str`
+        // agrees); utoipa reads `rename_all`, not a per-variant `rename` made by a macro.
+        #[serde(rename_all = "snake_case")]
         pub enum $name {
-            $( $(#[$vmeta])* #[serde(rename = $wire)] $variant, )+
+            $( $(#[$vmeta])* $variant, )+
         }
 
         impl $name {

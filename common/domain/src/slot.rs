@@ -17,6 +17,8 @@ use chrono::{
 };
 use chrono_tz::Tz;
 
+use crate::request::RejectionReason;
+
 /// One weekly working interval, local time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WeeklyHours {
@@ -72,12 +74,12 @@ pub enum SlotProblem {
 
 impl SlotProblem {
     /// The machine-readable rejection reason.
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> RejectionReason {
         match self {
-            SlotProblem::InPast => "in_past",
-            SlotProblem::BeyondHorizon => "beyond_horizon",
+            SlotProblem::InPast => RejectionReason::InPast,
+            SlotProblem::BeyondHorizon => RejectionReason::BeyondHorizon,
             SlotProblem::OffGrid | SlotProblem::OutsideHours | SlotProblem::SpansClockChange => {
-                "invalid_slot"
+                RejectionReason::InvalidSlot
             }
         }
     }
@@ -508,7 +510,10 @@ mod tests {
             s.fits(utc("2027-03-28T00:30:00Z")),
             Err(SlotProblem::SpansClockChange)
         );
-        assert_eq!(SlotProblem::SpansClockChange.reason(), "invalid_slot");
+        assert_eq!(
+            SlotProblem::SpansClockChange.reason(),
+            RejectionReason::InvalidSlot
+        );
         // Hours 01:00–03:00 that day are one real hour: no 90-minute slot fits.
         let short = Schedule {
             exceptions: vec![ScheduleException {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use redis::aio::ConnectionManager;
+use slotq_domain::request::{RejectionReason, RequestKind, RequestStatus};
 use uuid::Uuid;
 
 use crate::keys::{COUNTER_BIT, Keys, availability_bit, bitmap_counter};
@@ -300,9 +301,8 @@ impl FastPath {
         let mut ids = String::with_capacity(views.len() * 37);
         let mut taken = Vec::with_capacity(views.len());
         for v in views {
-            let active =
-                v.booking_id.is_some() && matches!(v.status.as_str(), "held" | "confirmed");
-            if active && v.kind == "reschedule" {
+            let active = v.booking_id.is_some() && v.status.is_active();
+            if active && v.kind == RequestKind::Reschedule {
                 // The booking changes later (paid, cancelled, moved again) under its first
                 // request, whose cache entry those changes drop; this request's view is read
                 // from PostgreSQL, which always shows the booking's current status.
@@ -311,13 +311,13 @@ impl FastPath {
                 let json = serde_json::to_string(v).map_err(json_err)?;
                 // A held status is only cached until the hold expires; after that the poll
                 // asks PostgreSQL, which knows whether it was paid or expired.
-                let ttl = match (v.status.as_str(), v.hold_expires_at) {
-                    ("held", Some(at)) => (at - now).num_seconds().max(1) as u64,
+                let ttl = match (v.status, v.hold_expires_at) {
+                    (RequestStatus::Held, Some(at)) => (at - now).num_seconds().max(1) as u64,
                     _ => REMEMBER.as_secs(),
                 };
                 pipe.set_ex(self.keys.request(v.id), json, ttl).ignore();
             }
-            if active || v.reason.as_deref() == Some("slot_taken") {
+            if active || v.reason == Some(RejectionReason::SlotTaken) {
                 taken.push((v.practitioner_id, v.slot_start, true));
             }
             if !ids.is_empty() {

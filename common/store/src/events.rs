@@ -38,7 +38,7 @@ pub struct BookingEventData {
     /// For the events of a worker's decision: the deciding request's kind, `book` or
     /// `reschedule`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    pub kind: Option<slotq_domain::request::RequestKind>,
     /// For `booking.payment_late`: the payment to refund, as the provider named it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payment: Option<PaymentData>,

@@ -65,7 +65,10 @@ use crate::{
     },
     requests::{RequestView, decided_views, decided_views_locking},
 };
-use slotq_domain::status::{BookingEvent, BookingStatus};
+use slotq_domain::{
+    request::{RejectionReason, RequestKind, RequestStatus},
+    status::{BookingEvent, BookingStatus},
+};
 
 /// One request of a batch, with the worker's verdict on its slot.
 #[derive(Clone, Debug)]
@@ -100,8 +103,8 @@ pub enum Verdict {
         /// Slot end.
         slot_end: DateTime<Utc>,
     },
-    /// Refused before competing, with this reason code.
-    Reject(&'static str),
+    /// Refused before competing, for this reason.
+    Reject(RejectionReason),
 }
 
 /// A decision out of a batch.
@@ -142,19 +145,19 @@ impl BatchError {
 /// How one pending request was decided in this transaction.
 struct Outcome {
     booking_id: Option<Uuid>,
-    status: &'static str,
+    status: RequestStatus,
     hold_expires_at: Option<DateTime<Utc>>,
-    reason: Option<&'static str>,
+    reason: Option<RejectionReason>,
     /// Events and audit for a successful reschedule (written only if the decision is recorded).
     moved: Option<Booking>,
     previous_slot: Option<DateTime<Utc>>,
 }
 
 impl Outcome {
-    fn rejected(reason: &'static str) -> Self {
+    fn rejected(reason: RejectionReason) -> Self {
         Outcome {
             booking_id: None,
-            status: "rejected",
+            status: RequestStatus::Rejected,
             hold_expires_at: None,
             reason: Some(reason),
             moved: None,
@@ -288,20 +291,19 @@ async fn decide_batch(
     for input in &pending {
         let o = outcomes
             .remove(&input.request_id)
-            .unwrap_or_else(|| Outcome::rejected("invalid_slot"));
+            .unwrap_or_else(|| Outcome::rejected(RejectionReason::InvalidSlot));
         let view = RequestView {
             id: input.request_id,
-            status: o.status.to_owned(),
+            status: o.status,
             kind: if input.reschedule.is_some() {
-                "reschedule"
+                RequestKind::Reschedule
             } else {
-                "book"
-            }
-            .to_owned(),
+                RequestKind::Book
+            },
             // A rejected reschedule still names the booking it was to move.
             booking_id: o.booking_id.or(input.reschedule),
             hold_expires_at: o.hold_expires_at,
-            reason: o.reason.map(str::to_owned),
+            reason: o.reason,
             practitioner_id: input.practitioner_id,
             patient_id: input.patient_id,
             slot_start: input.slot_start,
@@ -329,7 +331,7 @@ async fn decide_batch(
                     data: BookingEventData {
                         request_id: view.id,
                         previous_slot_start: o.previous_slot,
-                        kind: Some(view.kind.clone()),
+                        kind: Some(view.kind),
                         ..b.event_data(None)
                     },
                 },
@@ -348,10 +350,10 @@ async fn decide_batch(
                         practitioner_id: view.practitioner_id,
                         patient_id: view.patient_id,
                         slot_start: view.slot_start,
-                        status: view.status.clone(),
-                        reason: view.reason.clone(),
+                        status: view.status.as_str().to_owned(),
+                        reason: view.reason.map(|r| r.as_str().to_owned()),
                         previous_slot_start: None,
-                        kind: Some(view.kind.clone()),
+                        kind: Some(view.kind),
                         payment: None,
                     },
                 },
@@ -486,7 +488,7 @@ async fn insert_holds(
                 req,
                 Outcome {
                     booking_id: Some(booking),
-                    status: "held",
+                    status: RequestStatus::Held,
                     hold_expires_at: Some(exp),
                     reason: None,
                     moved: None,
@@ -526,9 +528,9 @@ async fn insert_holds(
     for i in losers {
         let key = (countries[i].to_owned(), practs[i], starts[i]);
         let reason = if occupied.contains(&key) {
-            "slot_taken"
+            RejectionReason::SlotTaken
         } else {
-            "patient_conflict"
+            RejectionReason::PatientConflict
         };
         outcomes.insert(req_ids[i], Outcome::rejected(reason));
     }
@@ -730,27 +732,27 @@ async fn move_booking(
     slot_end: DateTime<Utc>,
 ) -> Result<Outcome, sqlx::Error> {
     let Some(booking_id) = input.reschedule else {
-        return Ok(Outcome::rejected("invalid_slot"));
+        return Ok(Outcome::rejected(RejectionReason::InvalidSlot));
     };
     let Some(booking) = lock_booking(&mut *tx, booking_id).await? else {
-        return Ok(Outcome::rejected("unknown_booking"));
+        return Ok(Outcome::rejected(RejectionReason::UnknownBooking));
     };
     if booking
         .status
         .apply_at(BookingEvent::Reschedule, booking.slot_start, Utc::now())
         .is_err()
     {
-        return Ok(Outcome::rejected("booking_not_active"));
+        return Ok(Outcome::rejected(RejectionReason::BookingNotActive));
     }
     // A hold past its expiry that the scheduler has not swept yet is over: a payment for it is
     // answered late (payments.rs), and it cannot be moved either.
     if booking.hold_lapsed(Utc::now()) {
-        return Ok(Outcome::rejected("booking_not_active"));
+        return Ok(Outcome::rejected(RejectionReason::BookingNotActive));
     }
     if booking.slot_start == input.slot_start {
         return Ok(Outcome {
             booking_id: Some(booking.id),
-            status: booking.status.as_str(),
+            status: RequestStatus::of_booking(booking.status),
             hold_expires_at: booking
                 .hold_expires_at
                 .filter(|_| booking.status == BookingStatus::Held),
@@ -785,7 +787,7 @@ async fn move_booking(
             sqlx::query("RELEASE SAVEPOINT reschedule")
                 .execute(&mut *tx)
                 .await?;
-            Ok(Outcome::rejected("patient_conflict"))
+            Ok(Outcome::rejected(RejectionReason::PatientConflict))
         }
         Ok(Some(b)) => {
             sqlx::query("RELEASE SAVEPOINT reschedule")
@@ -793,7 +795,7 @@ async fn move_booking(
                 .await?;
             Ok(Outcome {
                 booking_id: Some(b.id),
-                status: b.status.as_str(),
+                status: RequestStatus::of_booking(b.status),
                 hold_expires_at: b
                     .hold_expires_at
                     .filter(|_| b.status == BookingStatus::Held),
@@ -809,9 +811,9 @@ async fn move_booking(
             // The per-partition index names carry the column names.
             let patient = e.constraint().is_some_and(|c| c.contains("patient"));
             Ok(Outcome::rejected(if patient {
-                "patient_conflict"
+                RejectionReason::PatientConflict
             } else {
-                "slot_taken"
+                RejectionReason::SlotTaken
             }))
         }
         Err(e) => Err(e),
@@ -847,9 +849,9 @@ async fn record_decisions(
             }
         })
         .collect();
-    let reasons: Vec<Option<&str>> = views.iter().map(|(_, o)| o.reason).collect();
+    let reasons: Vec<Option<RejectionReason>> = views.iter().map(|(_, o)| o.reason).collect();
     let bks: Vec<Option<Uuid>> = views.iter().map(|(_, o)| o.booking_id).collect();
-    let kinds: Vec<&str> = views.iter().map(|(v, _)| v.kind.as_str()).collect();
+    let kinds: Vec<RequestKind> = views.iter().map(|(v, _)| v.kind).collect();
     let targets: Vec<Option<Uuid>> = pending.iter().map(|i| i.reschedule).collect();
     let ev = EventColumns::of(events.iter().map(|(_, e)| e))?;
     let ev_requests: Vec<Uuid> = events.iter().map(|(r, _)| *r).collect();

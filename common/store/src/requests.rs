@@ -5,7 +5,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use slotq_domain::status::BookingStatus;
+use slotq_domain::{
+    request::{RejectionReason, RequestKind, RequestOutcome, RequestStatus},
+    status::BookingStatus,
+};
 
 /// `GET /v1/booking-requests/{id}`: the request, its decision and, once held, the booking's
 /// current status. Also what Redis caches for the fast path.
@@ -14,11 +17,11 @@ pub struct RequestView {
     /// Request id.
     pub id: Uuid,
     /// `queued`, `rejected`, or the booking's status (`held`, `confirmed`, `expired`, …).
-    pub status: String,
+    pub status: RequestStatus,
     /// `book` (a new hold) or `reschedule` (moving `booking_id` to `slot_start`).
-    #[serde(default = "book")]
+    #[serde(default)]
     #[schema(required = true)]
-    pub kind: String,
+    pub kind: RequestKind,
     /// The booking, once held; for a reschedule, the booking being moved (queued, moved or
     /// rejected alike).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -32,7 +35,7 @@ pub struct RequestView {
     pub hold_expires_at: Option<DateTime<Utc>>,
     /// Why the request was rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<RejectionReason>,
     /// The practitioner asked for.
     pub practitioner_id: Uuid,
     /// The patient.
@@ -52,23 +55,19 @@ pub struct RequestView {
     pub decided_at: Option<DateTime<Utc>>,
 }
 
-fn book() -> String {
-    "book".into()
-}
-
 impl RequestView {
     /// Whether the request still waits for its decision.
     pub fn is_queued(&self) -> bool {
-        self.status == "queued"
+        self.status.is_queued()
     }
 }
 
 #[derive(sqlx::FromRow)]
 struct Row {
     id: Uuid,
-    kind: String,
-    outcome: String,
-    reason: Option<String>,
+    kind: RequestKind,
+    outcome: RequestOutcome,
+    reason: Option<RejectionReason>,
     booking_id: Option<Uuid>,
     practitioner_id: Uuid,
     patient_id: Uuid,
@@ -81,15 +80,12 @@ struct Row {
 
 impl From<Row> for RequestView {
     fn from(r: Row) -> Self {
-        let status = match (r.outcome.as_str(), r.status) {
-            // The request's statuses are those of DESIGN §5 (queued, held, rejected, confirmed,
-            // expired, cancelled): a visit that took place, or was missed, was a confirmed
-            // booking; the booking resource itself says `completed` or `no_show`.
-            ("held", Some(BookingStatus::Completed | BookingStatus::NoShow)) => {
-                BookingStatus::Confirmed.as_str().to_owned()
-            }
-            ("held", Some(s)) => s.as_str().to_owned(),
-            (outcome, _) => outcome.to_owned(),
+        let status = match (r.outcome, r.status) {
+            (RequestOutcome::Held, Some(s)) => RequestStatus::of_booking(s),
+            // A held request always has its booking (a CHECK constraint); the row without
+            // one cannot occur, and reads as the outcome alone.
+            (RequestOutcome::Held, None) => RequestStatus::Held,
+            (RequestOutcome::Rejected, _) => RequestStatus::Rejected,
         };
         RequestView {
             id: r.id,

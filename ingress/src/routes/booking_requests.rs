@@ -11,6 +11,7 @@ use axum::{
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use slotq_domain::request::{RequestKind, RequestStatus};
 use slotq_redis::fast_path::{Admission, AdmitItem};
 use slotq_redis::queue::HoldJob;
 use slotq_security::auth::{Principal, Role};
@@ -258,13 +259,12 @@ pub(crate) async fn enqueue(
     }
     let view = RequestView {
         id: Uuid::now_v7(),
-        status: "queued".into(),
+        status: RequestStatus::Queued,
         kind: if r.reschedule.is_some() {
-            "reschedule"
+            RequestKind::Reschedule
         } else {
-            "book"
-        }
-        .into(),
+            RequestKind::Book
+        },
         booking_id: r.reschedule,
         hold_expires_at: None,
         reason: None,
@@ -362,7 +362,7 @@ async fn validate(s: &AppState, b: &SubmitBody, now: DateTime<Utc>) -> Result<()
     {
         errors.push(FieldError::new(
             "slot_start",
-            problem.reason(),
+            problem.reason().as_str(),
             problem.to_string(),
         ));
     }
@@ -451,7 +451,7 @@ pub(crate) async fn current_view(s: &AppState, id: Uuid) -> Result<Option<Reques
     let trust_cache = match &cached {
         None => false,
         Some(v) if v.is_queued() => now - v.submitted_at < chrono::Duration::seconds(2),
-        Some(v) if v.status == "held" => v.hold_expires_at.is_some_and(|at| at > now),
+        Some(v) if v.status == RequestStatus::Held => v.hold_expires_at.is_some_and(|at| at > now),
         Some(_) => true,
     };
     if trust_cache {

@@ -273,7 +273,7 @@ pub async fn reschedule(
     {
         return Err(ApiError::invalid(vec![FieldError::new(
             "slot_start",
-            problem.reason(),
+            problem.reason().as_str(),
             problem.to_string(),
         )]));
     }
