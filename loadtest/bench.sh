@@ -37,15 +37,20 @@ export EXPIRY_INTERVAL_MS="${EXPIRY_INTERVAL_MS:-500}"
 export RUST_LOG="${RUST_LOG:-warn}"
 export SLOTQ_URL="http://$HTTP_ADDR"
 
-echo "[bench] building release binaries…" >&2
-cargo build --release -q -p slotq-ingress -p slotq-workers -p slotq-scheduler -p slotq-loadtest
+# BENCH_BIN_DIR: run binaries built elsewhere (e.g. an older commit's, to compare two builds
+# in one session) instead of building this tree's.
+bin="${BENCH_BIN_DIR:-target/release}"
+if [ -z "${BENCH_BIN_DIR:-}" ]; then
+  echo "[bench] building release binaries…" >&2
+  cargo build --release -q -p slotq-ingress -p slotq-workers -p slotq-scheduler -p slotq-loadtest
+fi
 
 echo "[bench] fresh database $db and Redis namespace $ns" >&2
 psql "$server/postgres" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" -c "CREATE DATABASE \"$db\""
 redis_host_port="${REDIS_URL#redis://}"
 redis-cli -h "${redis_host_port%:*}" -p "${redis_host_port##*:}" --scan --pattern "$ns:*" \
   | xargs -r -n 500 redis-cli -h "${redis_host_port%:*}" -p "${redis_host_port##*:}" DEL >/dev/null
-target/release/slotq-ingress migrate 2>>"$run_dir/migrate.log"
+"$bin"/slotq-ingress migrate 2>>"$run_dir/migrate.log"
 
 pids=()
 stop() {
@@ -57,15 +62,15 @@ stop() {
 }
 trap stop EXIT
 
-ADMIN_ADDR="127.0.0.1:$((port + 2))" target/release/slotq-ingress >"$run_dir/ingress.log" 2>&1 &
+ADMIN_ADDR="127.0.0.1:$((port + 2))" "$bin"/slotq-ingress >"$run_dir/ingress.log" 2>&1 &
 pids+=($!)
-ADMIN_ADDR="127.0.0.1:$((port + 1))" target/release/slotq-workers >"$run_dir/workers.log" 2>&1 &
+ADMIN_ADDR="127.0.0.1:$((port + 1))" "$bin"/slotq-workers >"$run_dir/workers.log" 2>&1 &
 pids+=($!)
-ADMIN_ADDR="127.0.0.1:$((port + 3))" target/release/slotq-scheduler >"$run_dir/scheduler.log" 2>&1 &
+ADMIN_ADDR="127.0.0.1:$((port + 3))" "$bin"/slotq-scheduler >"$run_dir/scheduler.log" 2>&1 &
 pids+=($!)
 echo "[bench] stack on $SLOTQ_URL (pids ${pids[*]}; logs in $run_dir/)" >&2
 
 if [ $# -eq 0 ]; then set -- all --json "$run_dir/report.json"; fi
 status=0
-target/release/slotq-loadtest "$@" || status=$?
+"$bin"/slotq-loadtest "$@" || status=$?
 exit "$status"

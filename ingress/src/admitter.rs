@@ -13,6 +13,7 @@
 
 use slotq_redis::fast_path::{Admission, AdmitItem, FastPath};
 use slotq_redis::queue::{ADMIT_MAX, HoldQueue};
+use slotq_runtime::tasks::Tasks;
 use tokio::sync::{mpsc, oneshot};
 
 struct Waiting {
@@ -27,11 +28,12 @@ pub struct Admitter {
 }
 
 impl Admitter {
-    /// Starts the admission task; it ends when the last `Admitter` clone is dropped, after
-    /// answering everything handed to it.
-    pub fn start(fast: FastPath, queue: HoldQueue) -> Self {
+    /// Starts the admission task, a critical one of `tasks` (it owns the submissions waiting
+    /// for it: should it die, no submission could be admitted, so the process stops). It ends
+    /// when the last `Admitter` clone is dropped, after answering everything handed to it.
+    pub fn start(fast: FastPath, queue: HoldQueue, tasks: &Tasks) -> Self {
         let (tx, mut rx) = mpsc::channel::<Waiting>(ADMIT_MAX * 64);
-        tokio::spawn(async move {
+        tasks.spawn_critical("admitter", async move {
             let mut group = Vec::with_capacity(ADMIT_MAX);
             while let Some(first) = rx.recv().await {
                 group.push(first);

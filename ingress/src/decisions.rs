@@ -5,21 +5,36 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use slotq_runtime::tasks::Tasks;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
 /// Sender side of decided request ids, fed by [`listen`].
 pub type Decided = broadcast::Sender<Uuid>;
 
-/// Subscribes to `channel` and forwards every announced id, reconnecting forever.
-pub fn listen(client: redis::Client, channel: String, tx: Decided) {
-    tokio::spawn(async move {
-        loop {
-            match subscribe(&client, &channel, &tx).await {
-                Ok(()) => tracing::warn!("decision subscription ended; reconnecting"),
-                Err(e) => tracing::warn!(error = %e, "decision subscription failed; reconnecting"),
+/// Subscribes to `channel` and forwards every announced id, reconnecting forever (a task of
+/// `tasks`, restarted should it panic).
+pub fn listen(client: redis::Client, channel: String, tx: Decided, tasks: &Tasks) {
+    let shutdown = tasks.shutdown().clone();
+    tasks.spawn_restarting("decisions listener", move || {
+        let (client, channel, tx) = (client.clone(), channel.clone(), tx.clone());
+        let shutdown = shutdown.clone();
+        let listen = async move {
+            loop {
+                match subscribe(&client, &channel, &tx).await {
+                    Ok(()) => tracing::warn!("decision subscription ended; reconnecting"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "decision subscription failed; reconnecting")
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        async move {
+            tokio::select! {
+                () = listen => {}
+                () = shutdown.wait() => {}
+            }
         }
     });
 }

@@ -34,6 +34,7 @@ use slotq_redis::queue::HoldQueue;
 use slotq_runtime::config::Config;
 use slotq_runtime::metrics::Metrics;
 use slotq_runtime::shutdown::Shutdown;
+use slotq_runtime::tasks::Tasks;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower_http::{
@@ -80,6 +81,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Set when the process drains.
     pub shutdown: Shutdown,
+    /// The supervised background tasks (admitter, decisions listener, depth refresher).
+    pub tasks: Tasks,
     /// Verifies Bearer tokens.
     pub verifier: Arc<slotq_security::auth::Verifier>,
     /// Personal-data encryption keys.
@@ -104,8 +107,15 @@ impl AppState {
             .await
             .context("connecting to Redis")?;
         let fast = FastPath::new(redis.clone(), &config.redis_namespace);
-        let admitter =
-            admitter::Admitter::start(fast.clone(), HoldQueue::new(redis.clone(), &config.queue()));
+        let metrics = Arc::new(Metrics::for_component(
+            slotq_runtime::metrics::Component::Ingress,
+        ));
+        let tasks = Tasks::new(shutdown.clone(), metrics.task_failures.clone());
+        let admitter = admitter::Admitter::start(
+            fast.clone(),
+            HoldQueue::new(redis.clone(), &config.queue()),
+            &tasks,
+        );
         let pii = match &config.pii {
             Some(keys) => keys.clone(),
             None => {
@@ -134,7 +144,12 @@ impl AppState {
         }
         let verifier = Arc::new(slotq_security::auth::Verifier::new(config.auth.clone()));
         let (decided, _) = tokio::sync::broadcast::channel(8192);
-        decisions::listen(client, fast.keys().decided_channel(), decided.clone());
+        decisions::listen(
+            client,
+            fast.keys().decided_channel(),
+            decided.clone(),
+            &tasks,
+        );
         let state = AppState(Arc::new(Shared {
             lookup: slotq_store::lookup::Lookup::new(pool.clone()),
             config: Arc::new(config),
@@ -144,10 +159,9 @@ impl AppState {
             admitter,
             decided,
             pending_requests: Arc::new(AtomicU64::new(0)),
-            metrics: Arc::new(Metrics::for_component(
-                slotq_runtime::metrics::Component::Ingress,
-            )),
+            metrics,
             shutdown,
+            tasks,
             verifier,
             pii: Arc::new(pii),
         }));
@@ -160,23 +174,27 @@ impl AppState {
     }
 
     fn spawn_depth_refresher(&self) {
-        let state = self.clone();
-        tokio::spawn(async move {
-            let mut conn = state.redis.clone();
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            while !state.shutdown.is_stopping() {
-                tick.tick().await;
-                match slotq_redis::queue::depth(&mut conn, &state.config.queue()).await {
-                    Ok(d) => {
-                        state
-                            .pending_requests
-                            .store(d.pending_requests, Ordering::Relaxed);
-                        state.metrics.observe_queue(&d);
+        let this = self.clone();
+        self.tasks
+            .spawn_restarting("queue depth refresher", move || {
+                let state = this.clone();
+                async move {
+                    let mut conn = state.redis.clone();
+                    let mut tick = tokio::time::interval(Duration::from_millis(100));
+                    while !state.shutdown.is_stopping() {
+                        tick.tick().await;
+                        match slotq_redis::queue::depth(&mut conn, &state.config.queue()).await {
+                            Ok(d) => {
+                                state
+                                    .pending_requests
+                                    .store(d.pending_requests, Ordering::Relaxed);
+                                state.metrics.observe_queue(&d);
+                            }
+                            Err(e) => tracing::debug!(error = %e, "queue depth unavailable"),
+                        }
                     }
-                    Err(e) => tracing::debug!(error = %e, "queue depth unavailable"),
                 }
-            }
-        });
+            });
     }
 }
 

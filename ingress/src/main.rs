@@ -109,6 +109,8 @@ fn token(config: &Config, args: Vec<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+use slotq_ingress::Running;
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let (trigger, shutdown) = slotq_runtime::shutdown::channel();
     let listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -117,7 +119,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let state = slotq_ingress::AppState::connect(config, shutdown).await?;
     let running = slotq_ingress::serve(listener, state).await?;
     tracing::info!(addr = %running.addr, admin = %running.admin_addr, "slotq-ingress listening");
-    slotq_runtime::shutdown::signal().await;
+    let stopped = running.state.shutdown.clone();
+    tokio::select! {
+        () = slotq_runtime::shutdown::signal() => {}
+        // A critical task died: stop at once (the orchestrator starts a fresh process).
+        () = stopped.wait() => {}
+    }
     // Not ready first, still serving: load balancers take the pod out of rotation during the
     // delay, then the listener closes and in-flight requests finish.
     running.state.metrics.shutting_down.set(1);
@@ -129,7 +136,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tokio::time::sleep(delay).await;
     tracing::info!("shutting down: finishing in-flight requests");
     trigger.fire();
-    running.handle.await??;
+    let Running { state, handle, .. } = running;
+    handle.await??;
+    let tasks = state.tasks.clone();
+    // The admitter ends when the last handle to it is gone.
+    drop(state);
+    tokio::time::timeout(std::time::Duration::from_secs(10), tasks.wait())
+        .await
+        .map_err(|_| anyhow::anyhow!("background tasks did not stop within 10 s"))??;
     tracing::info!("slotq-ingress stopped: every in-flight request answered");
     Ok(())
 }

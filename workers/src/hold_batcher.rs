@@ -20,6 +20,7 @@ use slotq_redis::fast_path::FastPath;
 use slotq_redis::queue::HoldJob;
 use slotq_runtime::config::Config;
 use slotq_runtime::metrics::Metrics;
+use slotq_runtime::tasks::Tasks;
 use slotq_store::holds::{self, BatchError, Decided, HoldInput, Verdict};
 use slotq_store::lookup::Lookup;
 use sqlx::PgPool;
@@ -73,24 +74,22 @@ pub struct Committer {
     pub lookup: Lookup,
 }
 
-/// Starts the committers; they stop once every [`Batcher`] clone is dropped and the queue is
-/// drained. The returned handles resolve then.
-pub fn start(committer: Committer) -> (Batcher, Vec<tokio::task::JoinHandle<()>>) {
+/// Starts the committers as critical tasks of `tasks` (a dead committer would leave its share
+/// of the batches undecided, so the process stops instead); they end once every [`Batcher`]
+/// clone is dropped and the queue is drained.
+pub fn start(committer: Committer, tasks: &Tasks) -> Batcher {
     let (tx, rx) = mpsc::channel(committer.config.worker_concurrency.max(1) * 2);
     let rx = Arc::new(Mutex::new(rx));
     let committer = Arc::new(committer);
-    let handles = (0..committer.config.committers)
-        .map(|_| {
-            let (rx, c) = (rx.clone(), committer.clone());
-            tokio::spawn(async move {
-                while let Some(batch) = gather(&rx, c.config.batch_max, c.config.batch_linger).await
-                {
-                    c.run_batch(batch).await;
-                }
-            })
-        })
-        .collect();
-    (Batcher { tx }, handles)
+    for _ in 0..committer.config.committers {
+        let (rx, c) = (rx.clone(), committer.clone());
+        tasks.spawn_critical("hold committer", async move {
+            while let Some(batch) = gather(&rx, c.config.batch_max, c.config.batch_linger).await {
+                c.run_batch(batch).await;
+            }
+        });
+    }
+    Batcher { tx }
 }
 
 /// Waits for a first job, then collects more until the batch is full or the linger is over.

@@ -20,6 +20,7 @@ use slotq_redis::queue::HoldTask;
 use slotq_runtime::config::Config;
 use slotq_runtime::metrics::Metrics;
 use slotq_runtime::shutdown::Shutdown;
+use slotq_runtime::tasks::Tasks;
 
 use crate::hold_batcher::{Batcher, Committer};
 
@@ -57,26 +58,36 @@ async fn handle(task: HoldTask, batcher: Data<Batcher>) -> Result<(), BoxDynErro
 /// exports the hold queue's depth from the workers too, so alerts and autoscalers reading
 /// `/metrics` still see the queue when ingress is down or scaled to zero.
 fn spawn_depth_refresher(
-    mut redis: redis::aio::ConnectionManager,
+    redis: redis::aio::ConnectionManager,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
-    shutdown: Shutdown,
+    tasks: &Tasks,
 ) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = shutdown.clone().wait() => return,
-            }
-            if let Err(e) = slotq_redis::queue::promote_due(&mut redis, &config.queue(), 1000).await
-            {
-                tracing::debug!(error = %e, "could not promote due retries");
-            }
-            match slotq_redis::queue::depth(&mut redis, &config.queue()).await {
-                Ok(d) => metrics.observe_queue(&d),
-                Err(e) => tracing::debug!(error = %e, "queue depth unavailable"),
+    let shutdown = tasks.shutdown().clone();
+    tasks.spawn_restarting("queue depth refresher", move || {
+        let (mut redis, config, metrics, shutdown) = (
+            redis.clone(),
+            config.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = shutdown.clone().wait() => return,
+                }
+                if let Err(e) =
+                    slotq_redis::queue::promote_due(&mut redis, &config.queue(), 1000).await
+                {
+                    tracing::debug!(error = %e, "could not promote due retries");
+                }
+                match slotq_redis::queue::depth(&mut redis, &config.queue()).await {
+                    Ok(d) => metrics.observe_queue(&d),
+                    Err(e) => tracing::debug!(error = %e, "queue depth unavailable"),
+                }
             }
         }
     });
@@ -221,22 +232,21 @@ pub async fn run(
         on_admin,
     )
     .await?;
-    spawn_depth_refresher(
-        redis.clone(),
-        config.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    );
+    let tasks = Tasks::new(shutdown.clone(), metrics.task_failures.clone());
+    spawn_depth_refresher(redis.clone(), config.clone(), metrics.clone(), &tasks);
 
-    let (batcher, committers) = hold_batcher::start(Committer {
-        lookup: slotq_store::lookup::Lookup::new(pool.clone()),
-        pool,
-        fast: FastPath::new(redis.clone(), &config.redis_namespace),
-        metrics: metrics.clone(),
-        config: config.clone(),
-    });
+    let batcher = hold_batcher::start(
+        Committer {
+            lookup: slotq_store::lookup::Lookup::new(pool.clone()),
+            pool,
+            fast: FastPath::new(redis.clone(), &config.redis_namespace),
+            metrics: metrics.clone(),
+            config: config.clone(),
+        },
+        &tasks,
+    );
     let name = worker_name();
-    let outbound = outbound::start(&config, metrics.clone(), shutdown.clone(), &name)
+    outbound::start(&config, metrics.clone(), &tasks, &name)
         .await
         .context("starting the outbox relay and the webhook dispatcher")?;
     tracing::info!(worker = %name, concurrency = config.worker_concurrency, batch_max = config.batch_max, "slotq-workers started");
@@ -248,13 +258,9 @@ pub async fn run(
         );
     }
     supervise(&config, &redis, batcher, &metrics, &shutdown, name).await;
-    // The worker (and with it every Batcher clone) is gone: committers drain and stop.
-    for c in committers {
-        let _ = c.await;
-    }
-    for t in outbound {
-        let _ = t.await;
-    }
+    // The worker (and with it every Batcher clone) is gone: committers drain and stop, and
+    // so do the relay and the dispatcher. A critical task's death is reported here (exit 1).
+    tasks.wait().await?;
     tracing::info!("slotq-workers stopped");
     Ok(())
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use slotq_runtime::config::Config;
 use slotq_runtime::metrics::Metrics;
-use slotq_runtime::shutdown::Shutdown;
-use tokio::{sync::Notify, task::JoinHandle};
+use slotq_runtime::tasks::Tasks;
+use tokio::sync::Notify;
 
 use crate::{outbox_relay::Relay, webhook_dispatcher::Dispatcher};
 
@@ -30,22 +30,22 @@ pub fn dispatcher_pool_size(concurrency: usize) -> u32 {
     2 + recorders.clamp(1, 8)
 }
 
-/// Starts the relay and the dispatcher as configured; their tasks end after `shutdown`.
+/// Starts the relay and the dispatcher as configured, as tasks of `tasks` (restarted should
+/// one die); they end after shutdown.
 pub async fn start(
     config: &Config,
     metrics: Arc<Metrics>,
-    shutdown: Shutdown,
+    tasks: &Tasks,
     client_id: &str,
-) -> anyhow::Result<Vec<JoinHandle<()>>> {
-    let mut tasks = Vec::new();
+) -> anyhow::Result<()> {
     if config.kafka.is_none() && !config.webhooks.dispatch {
-        return Ok(tasks);
+        return Ok(());
     }
     if let Some(kafka) = &config.kafka {
         let pool = slotq_store::connect(&config.database_url, RELAY_POOL_SIZE)
             .await
             .context("connecting the outbox relay's pool to PostgreSQL")?;
-        let relay = Relay {
+        let relay = Arc::new(Relay {
             pool,
             producer: crate::outbox_relay::producer(kafka, client_id)
                 .context("creating the Kafka producer (KAFKA_BROKERS, KAFKA_PROPERTIES)")?,
@@ -54,8 +54,9 @@ pub async fn start(
             poll_interval: config.outbox.poll_interval,
             probe_timeout: kafka.message_timeout.min(std::time::Duration::from_secs(5)),
             metrics: metrics.clone(),
-        };
-        tasks.push(tokio::spawn(relay.run(shutdown.clone())));
+        });
+        let shutdown = tasks.shutdown().clone();
+        tasks.spawn_restarting("outbox relay", move || relay.clone().run(shutdown.clone()));
     } else {
         tracing::info!("KAFKA_BROKERS is unset: the outbox relay is off");
     }
@@ -75,9 +76,12 @@ pub async fn start(
             metrics,
             wake: Notify::new(),
         });
-        tasks.push(tokio::spawn(dispatcher.run(shutdown)));
+        let shutdown = tasks.shutdown().clone();
+        tasks.spawn_restarting("webhook dispatcher", move || {
+            dispatcher.clone().run(shutdown.clone())
+        });
     }
-    Ok(tasks)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -94,7 +94,7 @@ pub struct Cycle {
 
 impl Relay {
     /// Runs until `shutdown`, then flushes the producer.
-    pub async fn run(self, shutdown: Shutdown) {
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         tracing::info!(topic = %self.topic, "outbox relay started");
         let mut failures: u32 = 0;
         let mut lag_observed: Option<Instant> = None;

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub batch_retries: IntCounter,
     /// apalis workers replaced after they failed (workers).
     pub worker_restarts: IntCounter,
+    /// Supervised background tasks that ended or panicked before shutdown, by task.
+    pub task_failures: IntCounterVec,
     /// Queue depth by state (ready, scheduled, inflight, dead).
     pub queue_depth: IntGaugeVec,
     /// Booking requests accepted and not yet decided (what `MAX_QUEUE_DEPTH` limits).
@@ -216,6 +218,11 @@ impl Metrics {
             worker_restarts: counter(
                 "slotq_worker_restarts_total",
                 "apalis workers replaced after they failed (for example a failed fetch).",
+            ),
+            task_failures: counter_vec(
+                "slotq_task_failures_total",
+                "Supervised background tasks that ended or panicked before shutdown (restarted, or the process stopped).",
+                &["task"],
             ),
             queue_depth: gauge_vec(
                 "slotq_queue_depth",

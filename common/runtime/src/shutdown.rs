@@ -1,41 +1,52 @@
-//! Shutdown signalling: SIGTERM or Ctrl-C resolves [`signal`]; components receive a
-//! [`Shutdown`] handle they can await or poll.
+//! Shutdown signalling: SIGTERM or Ctrl-C fires the [`Trigger`]; components hold a
+//! [`Shutdown`] they can await or poll. A fatal task failure stops the process the same way
+//! ([`Shutdown::stop`], from [`crate::tasks`]).
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// A cloneable "time to stop" flag.
 #[derive(Clone)]
 pub struct Shutdown {
-    rx: watch::Receiver<bool>,
+    token: CancellationToken,
 }
 
-/// The trigger of a [`Shutdown`].
+/// The trigger of a [`Shutdown`], held by whoever handles the signals.
 pub struct Trigger {
-    tx: watch::Sender<bool>,
+    token: CancellationToken,
 }
 
 /// A new flag and its trigger.
 pub fn channel() -> (Trigger, Shutdown) {
-    let (tx, rx) = watch::channel(false);
-    (Trigger { tx }, Shutdown { rx })
+    let token = CancellationToken::new();
+    (
+        Trigger {
+            token: token.clone(),
+        },
+        Shutdown { token },
+    )
 }
 
 impl Trigger {
     /// Asks everyone holding the flag to stop.
     pub fn fire(&self) {
-        let _ = self.tx.send(true);
+        self.token.cancel();
     }
 }
 
 impl Shutdown {
-    /// Resolves once stop was asked (or the trigger is gone).
-    pub async fn wait(mut self) {
-        let _ = self.rx.wait_for(|stop| *stop).await;
+    /// Resolves once stop was asked.
+    pub async fn wait(self) {
+        self.token.cancelled_owned().await;
     }
 
     /// Whether stop was asked.
     pub fn is_stopping(&self) -> bool {
-        *self.rx.borrow()
+        self.token.is_cancelled()
+    }
+
+    /// Asks the whole process to stop (a fatal fault; normally the [`Trigger`] does).
+    pub fn stop(&self) {
+        self.token.cancel();
     }
 }
 
