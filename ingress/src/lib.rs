@@ -373,6 +373,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Run
     let addr = listener.local_addr()?;
     let admin = slotq_runtime::admin::AdminState {
         metrics: state.metrics.clone(),
+        readiness: Default::default(),
         pool: state.pool.clone(),
         redis: state.redis.clone(),
     };

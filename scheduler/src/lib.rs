@@ -86,6 +86,7 @@ pub async fn run(
         pool,
         redis,
         metrics,
+        ..
     } = slotq_runtime::process::start(
         &config,
         slotq_runtime::metrics::Component::Scheduler,

@@ -224,6 +224,7 @@ pub async fn run(
         pool,
         redis,
         metrics,
+        readiness,
     } = slotq_runtime::process::start(
         &config,
         slotq_runtime::metrics::Component::Workers,
@@ -246,7 +247,7 @@ pub async fn run(
         &tasks,
     );
     let name = worker_name();
-    outbound::start(&config, metrics.clone(), &tasks, &name)
+    outbound::start(&config, metrics.clone(), readiness, &tasks, &name)
         .await
         .context("starting the outbox relay and the webhook dispatcher")?;
     tracing::info!(worker = %name, concurrency = config.worker_concurrency, batch_max = config.batch_max, "slotq-workers started");

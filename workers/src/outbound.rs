@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use slotq_runtime::admin::Readiness;
 use slotq_runtime::config::Config;
 use slotq_runtime::metrics::Metrics;
 use slotq_runtime::tasks::Tasks;
@@ -35,6 +36,7 @@ pub fn dispatcher_pool_size(concurrency: usize) -> u32 {
 pub async fn start(
     config: &Config,
     metrics: Arc<Metrics>,
+    readiness: Readiness,
     tasks: &Tasks,
     client_id: &str,
 ) -> anyhow::Result<()> {
@@ -50,6 +52,8 @@ pub async fn start(
             producer: crate::outbox_relay::producer(kafka, client_id)
                 .context("creating the Kafka producer (KAFKA_BROKERS, KAFKA_PROPERTIES)")?,
             topic: kafka.topic.clone(),
+            kafka: kafka.clone(),
+            readiness,
             batch: config.outbox.batch,
             poll_interval: config.outbox.poll_interval,
             probe_timeout: kafka.message_timeout.min(std::time::Duration::from_secs(5)),

@@ -31,11 +31,15 @@ use std::{
 use anyhow::Context;
 use rdkafka::{
     ClientConfig,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
     error::KafkaResult,
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer},
+    types::RDKafkaErrorCode,
 };
-use slotq_runtime::config::KafkaConfig;
+use slotq_runtime::admin::Readiness;
+use slotq_runtime::config::{KafkaConfig, NewTopicSettings};
 use slotq_runtime::metrics::Metrics;
 use slotq_runtime::shutdown::Shutdown;
 use slotq_store::outbox;
@@ -43,15 +47,26 @@ use sqlx::PgPool;
 
 use crate::cloudevent;
 
-/// Builds the idempotent producer. Properties from `KAFKA_PROPERTIES` come first, so they
-/// cannot turn idempotence or `acks=all` off.
-pub fn producer(k: &KafkaConfig, client_id: &str) -> KafkaResult<FutureProducer> {
+/// The client settings every Kafka client of the relay shares: our defaults, then
+/// `KAFKA_PROPERTIES`, then the brokers. Topics are not created by asking for their metadata
+/// (`allow.auto.create.topics=false`, which `KAFKA_PROPERTIES` may override): a missing topic
+/// is reported ([`Relay::run`]) or created on purpose (`KAFKA_CREATE_TOPIC=1`).
+fn client_config(k: &KafkaConfig, client_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
+    c.set("allow.auto.create.topics", "false");
     for (key, value) in &k.properties {
         c.set(key, value);
     }
     c.set("bootstrap.servers", &k.brokers)
-        .set("client.id", client_id)
+        .set("client.id", client_id);
+    c
+}
+
+/// Builds the idempotent producer. Properties from `KAFKA_PROPERTIES` come first, so they
+/// cannot turn idempotence or `acks=all` off.
+pub fn producer(k: &KafkaConfig, client_id: &str) -> KafkaResult<FutureProducer> {
+    let mut c = client_config(k, client_id);
+    c.set("client.id", client_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set(
@@ -69,6 +84,10 @@ pub struct Relay {
     pub producer: FutureProducer,
     /// Target topic.
     pub topic: String,
+    /// The Kafka settings (to create the topic when `KAFKA_CREATE_TOPIC=1`).
+    pub kafka: KafkaConfig,
+    /// Where a missing topic is reported, so `/readyz` answers 503 with the reason.
+    pub readiness: Readiness,
     /// Rows per cycle.
     pub batch: i64,
     /// Idle wait between cycles.
@@ -97,16 +116,21 @@ impl Relay {
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         tracing::info!(topic = %self.topic, "outbox relay started");
         let mut failures: u32 = 0;
+        let mut topic_ok = false;
         let mut lag_observed: Option<Instant> = None;
         while !shutdown.is_stopping() {
             if lag_observed.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 self.observe_lag().await;
                 lag_observed = Some(Instant::now());
             }
-            if failures > 0 && !self.broker_answers().await {
-                failures = failures.saturating_add(1);
-                pause(backoff(failures), &shutdown).await;
-                continue;
+            // At start-up and after a failure: is the topic there (and the broker up)?
+            if failures > 0 || !topic_ok {
+                topic_ok = self.topic_ready().await;
+                if !topic_ok {
+                    failures = failures.saturating_add(1);
+                    pause(backoff(failures), &shutdown).await;
+                    continue;
+                }
             }
             match self.cycle().await {
                 Ok(c) if c.failed > 0 => {
@@ -213,19 +237,84 @@ impl Relay {
         Ok(c)
     }
 
-    /// Whether the broker answers a metadata request for the topic (no row lock is held).
-    async fn broker_answers(&self) -> bool {
+    /// Whether the broker answers and has the topic, creating it when it is missing and
+    /// `KAFKA_CREATE_TOPIC=1`. A missing topic is logged with how to create it, shown by
+    /// `/readyz` and `slotq_kafka_topic_missing`: without this a broker that does not create
+    /// topics on first use only ever answered `MessageTimedOut`. No row lock is held.
+    async fn topic_ready(&self) -> bool {
+        match self.topic_state().await {
+            TopicState::Present => {
+                if self.metrics.kafka_topic_missing.get() == 1 {
+                    tracing::info!(topic = %self.topic, "the Kafka topic exists now");
+                }
+                self.metrics.kafka_topic_missing.set(0);
+                self.readiness.clear(READINESS_KEY);
+                true
+            }
+            TopicState::Missing => {
+                if let Some(settings) = self.kafka.create_topic {
+                    match self.create_topic(settings).await {
+                        Ok(()) => return false, // checked again after the backoff
+                        Err(e) => {
+                            tracing::error!(topic = %self.topic, error = %e, "creating the Kafka topic failed")
+                        }
+                    }
+                }
+                let why = missing_topic_message(&self.topic, self.kafka.create_topic.is_some());
+                if self.metrics.kafka_topic_missing.get() == 0 {
+                    tracing::error!(topic = %self.topic, "{why}");
+                }
+                self.metrics.kafka_topic_missing.set(1);
+                self.readiness.set(READINESS_KEY, why);
+                false
+            }
+            TopicState::Unreachable(e) => {
+                tracing::debug!(error = %e, "Kafka metadata unavailable");
+                false
+            }
+        }
+    }
+
+    async fn topic_state(&self) -> TopicState {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
         let timeout = self.probe_timeout;
-        tokio::task::spawn_blocking(move || {
+        let answer = tokio::task::spawn_blocking(move || {
             producer
                 .client()
                 .fetch_metadata(Some(&topic), timeout)
-                .is_ok()
+                .map(|m| {
+                    m.topics().iter().any(|t| {
+                        t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                    })
+                })
         })
-        .await
-        .unwrap_or(false)
+        .await;
+        match answer {
+            Ok(Ok(true)) => TopicState::Present,
+            Ok(Ok(false)) => TopicState::Missing,
+            Ok(Err(e)) => TopicState::Unreachable(e.to_string()),
+            Err(e) => TopicState::Unreachable(e.to_string()),
+        }
+    }
+
+    async fn create_topic(&self, s: NewTopicSettings) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> =
+            client_config(&self.kafka, "slotq-topic-admin").create()?;
+        let topic = NewTopic::new(
+            &self.topic,
+            s.partitions,
+            TopicReplication::Fixed(s.replication),
+        );
+        let opts = AdminOptions::new().request_timeout(Some(self.probe_timeout));
+        for result in admin.create_topics([&topic], &opts).await? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => anyhow::bail!("{name}: {code}"),
+            }
+        }
+        tracing::info!(topic = %self.topic, partitions = s.partitions, replication = s.replication, "created the Kafka topic (KAFKA_CREATE_TOPIC=1)");
+        Ok(())
     }
 
     async fn observe_lag(&self) {
@@ -233,6 +322,29 @@ impl Relay {
             Ok(lag) => self.metrics.outbox_lag.set(lag),
             Err(e) => tracing::debug!(error = %e, "outbox lag unavailable"),
         }
+    }
+}
+
+/// The key of the relay's problem in [`Readiness`].
+const READINESS_KEY: &str = "kafka_topic";
+
+/// What the broker's metadata says of the topic.
+enum TopicState {
+    Present,
+    Missing,
+    Unreachable(String),
+}
+
+/// The error a missing topic is reported with: the topic and how to create it.
+fn missing_topic_message(topic: &str, create: bool) -> String {
+    if create {
+        format!(
+            "the Kafka topic {topic} does not exist and could not be created (KAFKA_CREATE_TOPIC=1); booking events wait in the outbox"
+        )
+    } else {
+        format!(
+            "the Kafka topic {topic} does not exist and the broker does not create topics on first use; booking events wait in the outbox. Create it (kafka-topics.sh --bootstrap-server <broker> --create --topic {topic} --partitions 6 --replication-factor 3) or set KAFKA_CREATE_TOPIC=1 (KAFKA_TOPIC_PARTITIONS, KAFKA_TOPIC_REPLICATION)"
+        )
     }
 }
 

@@ -470,3 +470,97 @@ async fn without_kafka_brokers_the_relay_is_off_and_events_stay_unpublished() {
     assert_eq!(unpublished(&app).await, 1);
     app.stop().await;
 }
+
+/// A broker that does not create topics on first use: the missing topic is an error naming
+/// it, on `/readyz` and in `slotq_kafka_topic_missing`, and the events wait in the outbox
+/// until the topic exists; then they are published and the workers are ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_topic_makes_the_workers_unready_and_events_wait_until_it_exists() {
+    let cluster = MockCluster::new(1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let topic = format!("booking-events-{}", Uuid::new_v4().simple());
+    let env = kafka_env(&bootstrap, &topic);
+    let app = spawn(Options {
+        env: env.clone(),
+        workers: false,
+        ..Options::default()
+    })
+    .await;
+    let workers = start_workers(&app).await;
+    let readyz = format!("http://{}/readyz", workers.admin);
+    eventually!(
+        Duration::from_secs(20),
+        "the missing topic is reported",
+        workers.metric("slotq_kafka_topic_missing").await == 1.0
+    );
+    let r = reqwest::get(&readyz).await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body = r.text().await.unwrap();
+    assert!(body.contains(&topic), "{body}");
+    assert!(body.contains("KAFKA_CREATE_TOPIC"), "{body}");
+
+    let fx = app.fixture().await;
+    let (s, b) = app
+        .submit(fx.patient_id, fx.practitioner_id, slot(2, 0))
+        .await;
+    assert_eq!(s, 202, "{b}");
+    app.decision(id_of(&b), Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(unpublished(&app).await, 1, "the event waits in the outbox");
+
+    cluster.create_topic(&topic, 2, 1).unwrap();
+    eventually!(
+        Duration::from_secs(30),
+        "the event is published once the topic exists",
+        unpublished(&app).await == 0
+    );
+    assert_eq!(workers.metric("slotq_kafka_topic_missing").await, 0.0);
+    assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 200);
+    workers.stop().await;
+    app.stop().await;
+}
+
+/// `KAFKA_CREATE_TOPIC=1` asks the broker to create the missing topic. librdkafka's mock
+/// cluster does not implement CreateTopics, so here the request fails: the failure is
+/// reported as such (not as a topic to create by hand), and the relay goes on checking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_create_topic_asks_the_broker_and_reports_when_it_cannot() {
+    let cluster = MockCluster::new(1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let topic = format!("booking-events-{}", Uuid::new_v4().simple());
+    let mut env = kafka_env(&bootstrap, &topic);
+    env.push(("KAFKA_CREATE_TOPIC", "1".into()));
+    env.push(("KAFKA_TOPIC_PARTITIONS", "3".into()));
+    env.push(("KAFKA_TOPIC_REPLICATION", "1".into()));
+    let app = spawn(Options {
+        env,
+        workers: false,
+        ..Options::default()
+    })
+    .await;
+    let workers = start_workers(&app).await;
+    eventually!(
+        Duration::from_secs(20),
+        "the failed creation is reported",
+        workers.metric("slotq_kafka_topic_missing").await == 1.0
+    );
+    let body = reqwest::get(format!("http://{}/readyz", workers.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.contains(&topic) && body.contains("could not be created"),
+        "{body}"
+    );
+    // Created by other means, the topic is found and used.
+    cluster.create_topic(&topic, 3, 1).unwrap();
+    eventually!(
+        Duration::from_secs(20),
+        "the topic is found",
+        workers.metric("slotq_kafka_topic_missing").await == 0.0
+    );
+    workers.stop().await;
+    app.stop().await;
+}

@@ -15,10 +15,39 @@ use crate::metrics::Metrics;
 pub struct AdminState {
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
+    /// Problems the process's own components report (e.g. a missing Kafka topic).
+    pub readiness: Readiness,
     /// Database pool.
     pub pool: PgPool,
     /// Redis connection.
     pub redis: ConnectionManager,
+}
+
+/// Problems that make a process unready besides its connections, set and cleared by the
+/// component that finds them, each under its own key. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness(Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>>);
+
+impl Readiness {
+    /// Reports a problem under `key` (replacing an earlier one).
+    pub fn set(&self, key: &'static str, problem: String) {
+        if let Ok(mut p) = self.0.lock() {
+            p.insert(key, problem);
+        }
+    }
+
+    /// The problem under `key` is gone.
+    pub fn clear(&self, key: &'static str) {
+        if let Ok(mut p) = self.0.lock() {
+            p.remove(key);
+        }
+    }
+
+    /// Every problem reported, one per line; `None` when there is none.
+    pub fn problems(&self) -> Option<String> {
+        let p = self.0.lock().ok()?;
+        (!p.is_empty()).then(|| p.values().cloned().collect::<Vec<_>>().join("\n"))
+    }
 }
 
 /// Readiness: both dependencies answer and the process is not draining.
@@ -53,6 +82,9 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
 async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
     if s.metrics.shutting_down.get() == 1 {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string());
+    }
+    if let Some(problems) = s.readiness.problems() {
+        return (StatusCode::SERVICE_UNAVAILABLE, problems);
     }
     match dependencies_ready(&s.pool, &s.redis).await {
         Ok(()) => (StatusCode::OK, "ready".to_string()),

@@ -384,6 +384,19 @@ pub struct KafkaConfig {
     /// `KAFKA_PROPERTIES`: extra librdkafka properties (`key=value,key=value`), e.g.
     /// `linger.ms=20`; they cannot turn idempotence or `acks=all` off.
     pub properties: Vec<(String, String)>,
+    /// `KAFKA_CREATE_TOPIC=1`: create the topic when it is missing (off by default: most
+    /// production clusters create topics by hand, with their own settings).
+    pub create_topic: Option<NewTopicSettings>,
+}
+
+/// How `KAFKA_CREATE_TOPIC=1` creates the topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewTopicSettings {
+    /// `KAFKA_TOPIC_PARTITIONS` (default 6): events are keyed by practitioner, so partitions
+    /// bound how many consumers share the stream.
+    pub partitions: i32,
+    /// `KAFKA_TOPIC_REPLICATION` (default 3; 1 for a single local broker).
+    pub replication: i32,
 }
 
 impl KafkaConfig {
@@ -429,11 +442,36 @@ impl KafkaConfig {
                 }
             }
         }
+        let create_topic = if env.flag("KAFKA_CREATE_TOPIC", false)? {
+            let partitions: i32 = env.parse("KAFKA_TOPIC_PARTITIONS", "6")?;
+            let replication: i32 = env.parse("KAFKA_TOPIC_REPLICATION", "3")?;
+            if !(1..=10_000).contains(&partitions) {
+                return Err(ConfigError::new(
+                    "KAFKA_TOPIC_PARTITIONS",
+                    partitions,
+                    "expected 1 to 10000",
+                ));
+            }
+            if !(1..=32).contains(&replication) {
+                return Err(ConfigError::new(
+                    "KAFKA_TOPIC_REPLICATION",
+                    replication,
+                    "expected 1 to 32",
+                ));
+            }
+            Some(NewTopicSettings {
+                partitions,
+                replication,
+            })
+        } else {
+            None
+        };
         Ok(Some(KafkaConfig {
             brokers: brokers.trim().to_owned(),
             topic,
             message_timeout,
             properties,
+            create_topic,
         }))
     }
 }
@@ -634,6 +672,40 @@ mod tests {
                 ("client.rack".to_owned(), "eu-1a".to_owned())
             ]
         );
+        assert_eq!(k.create_topic, None, "topics are not created unless asked");
+        let k = Config::from_vars(
+            Role::Workers,
+            &vars(&[
+                ("KAFKA_BROKERS", "k1:9092"),
+                ("KAFKA_CREATE_TOPIC", "1"),
+                ("KAFKA_TOPIC_REPLICATION", "1"),
+            ]),
+        )
+        .expect("valid")
+        .kafka
+        .expect("relay on");
+        assert_eq!(
+            k.create_topic,
+            Some(NewTopicSettings {
+                partitions: 6,
+                replication: 1
+            })
+        );
+        for (var, value) in [
+            ("KAFKA_TOPIC_PARTITIONS", "0"),
+            ("KAFKA_TOPIC_REPLICATION", "x"),
+        ] {
+            let e = Config::from_vars(
+                Role::Workers,
+                &vars(&[
+                    ("KAFKA_BROKERS", "k1:9092"),
+                    ("KAFKA_CREATE_TOPIC", "1"),
+                    (var, value),
+                ]),
+            )
+            .expect_err("refused");
+            assert!(e.to_string().contains(var), "{e}");
+        }
         for (var, value) in [
             ("KAFKA_PROPERTIES", "linger.ms"),
             ("KAFKA_TOPIC", "booking events"),

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub batch_retries: IntCounter,
     /// apalis workers replaced after they failed (workers).
     pub worker_restarts: IntCounter,
+    /// 1 while the outbox relay finds its Kafka topic missing (workers).
+    pub kafka_topic_missing: IntGauge,
     /// Supervised background tasks that ended or panicked before shutdown, by task.
     pub task_failures: IntCounterVec,
     /// Queue depth by state (ready, scheduled, inflight, dead).
@@ -114,6 +116,7 @@ impl Metrics {
         keep(&[Workers], Box::new(m.events_published.clone()));
         keep(&[Workers], Box::new(m.event_publish_failures.clone()));
         keep(&[Workers], Box::new(m.outbox_lag.clone()));
+        keep(&[Workers], Box::new(m.kafka_topic_missing.clone()));
         keep(&[Workers], Box::new(m.webhook_dispatch_lag.clone()));
         keep(&[Workers], Box::new(m.webhook_deliveries.clone()));
         keep(&[Workers], Box::new(m.webhook_dead_letters.clone()));
@@ -218,6 +221,10 @@ impl Metrics {
             worker_restarts: counter(
                 "slotq_worker_restarts_total",
                 "apalis workers replaced after they failed (for example a failed fetch).",
+            ),
+            kafka_topic_missing: gauge(
+                "slotq_kafka_topic_missing",
+                "1 while the outbox relay finds its Kafka topic missing (create it, or set KAFKA_CREATE_TOPIC=1).",
             ),
             task_failures: counter_vec(
                 "slotq_task_failures_total",

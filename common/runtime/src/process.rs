@@ -39,6 +39,8 @@ pub struct Started {
     pub redis: ConnectionManager,
     /// The process's metrics (served by the admin listener).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Problems that make `/readyz` answer 503, reported by the process's components.
+    pub readiness: crate::admin::Readiness,
 }
 
 /// Connects (see [`connect`]), creates the metrics registry of `component` and binds the admin
@@ -52,10 +54,12 @@ pub async fn start(
 ) -> anyhow::Result<Started> {
     let (pool, redis) = connect(config, max_connections).await?;
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::for_component(component));
+    let readiness = crate::admin::Readiness::default();
     let addr = crate::admin::serve(
         config.admin_addr,
         crate::admin::AdminState {
             metrics: metrics.clone(),
+            readiness: readiness.clone(),
             pool: pool.clone(),
             redis: redis.clone(),
         },
@@ -68,6 +72,7 @@ pub async fn start(
         pool,
         redis,
         metrics,
+        readiness,
     })
 }
 
