@@ -9,7 +9,7 @@
 //! call, and the requests it admits become one job (`queue::HoldTask`). Nothing waits for a
 //! group to fill: an idle ingress sends each submission at once, alone, so latency at low load
 //! is what it was, and under load the Redis calls and the jobs (and apalis' commands per job)
-//! are shared (loadtest/README.md, change 14).
+//! are shared.
 
 use slotq_redis::fast_path::{Admission, AdmitItem, FastPath};
 use slotq_redis::queue::{ADMIT_MAX, HoldQueue};

@@ -47,7 +47,7 @@ use tower_http::{
 ///
 /// Cheap to clone (one `Arc`): axum clones the state for every extractor and middleware of
 /// every request; cloning the fields themselves (scripts, key strings, pools) was ~10 % of the
-/// ingress CPU under load (perf, `slotq-loadtest throughput`).
+/// ingress CPU under load.
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 

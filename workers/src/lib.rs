@@ -98,7 +98,7 @@ fn spawn_depth_refresher(
 /// apalis-core 1.0's `IntervalStrategy` (`poll_with_interval`) re-arms its timer after it fires
 /// without polling it, so the timer never registers a waker again: after the first empty fetch
 /// an idle worker slept until its next heartbeat (2 s), and at 90 requests/s the p99 decision
-/// took 1.9 s (slotq-loadtest latency). This one re-arms and polls until it is pending.
+/// took 1.9 s. This one re-arms and polls until it is pending.
 struct Tick {
     period: Duration,
     sleep: std::pin::Pin<Box<tokio::time::Sleep>>,

@@ -136,7 +136,7 @@ impl Dispatcher {
         let batch = self.outbox.batch;
         // Where the next rows end and how many there are; the rows themselves only when a
         // subscription wants some event (with none, reading and decoding every row of a busy
-        // outbox only to move the cursor was 8 % of the workers: loadtest/README.md change 28).
+        // outbox only to move the cursor was 8 % of the workers).
         let mut claimed = Vec::new();
         let mut end = if wanted.is_empty() {
             outbox::skip_after(&mut tx, &cursor, batch)

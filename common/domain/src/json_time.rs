@@ -2,9 +2,8 @@
 //!
 //! chrono serializes a `DateTime` through `Serializer::collect_str`, which for serde_json
 //! sends every character on its own through the string escaper: about 1,100 instructions per
-//! timestamp, and a booking request's view, job and event carry two to four of them. In
-//! callgrind (`loadtest/profile.sh`) that was 7 % of ingress' instructions per submission and
-//! 10 % of the workers' per decision (loadtest/README.md, change 28). These functions write the
+//! timestamp, and a booking request's view, job and event carry two to four of them. That was
+//! 7 % of ingress' work per submission and 10 % of the workers' per decision. These functions write the
 //! same text (chrono's `SecondsFormat::AutoSi` with `Z`: no fraction when it is zero, else 3, 6
 //! or 9 digits) into a stack buffer and hand it to the serializer once. Years outside 0–9999
 //! and leap seconds, which chrono writes differently, are left to chrono.

@@ -1,7 +1,8 @@
 //! slotq-domain: the booking rules, with no I/O, so every rule is unit-tested beside its code.
 //!
 //! Nothing here talks to PostgreSQL, Redis or HTTP; the crate does not depend on sqlx, redis
-//! or axum (ADR-0002). The store maps these types to columns.
+//! or axum, except an optional `sqlx` feature for derives that the store turns on
+//! (docs/adr/0002-layer-crates.md).
 //!
 //! - [`slot`]: the slot grid (is this instant a bookable slot of this practitioner?)
 //! - [`status`]: the booking state machine, the one place transitions are decided

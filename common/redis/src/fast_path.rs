@@ -216,8 +216,8 @@ impl FastPath {
     /// [`Self::admit_many`] for a group in which no request has an Idempotency-Key: nothing to
     /// judge atomically, so no script. Redis ran the script's commands at the cost of native
     /// ones, but each `redis.call` and each argument handed to Lua cost it ~3-4 µs more: ~16 µs
-    /// of command time per request against ~5 µs as a `MULTI` (loadtest/README.md, change 27;
-    /// ingress pays ~12 % more instructions per submission for the second round trip).
+    /// of command time per request against ~5 µs as a `MULTI` (ingress pays a
+    /// second round trip for it).
     /// Two round trips: the pre-check's bits are read first (a bit set right after only costs
     /// a needless trip through the queue, as with the script); then the admitted requests' job
     /// and `queued` statuses go in one `MULTI`/`EXEC`: a connection lost before `EXEC` runs none
@@ -287,7 +287,7 @@ impl FastPath {
     /// subtracts the decisions from the pending-requests counter and announces the decided
     /// ids. One round trip, a plain pipeline rather than `MULTI`/`EXEC`: a transaction made
     /// Redis queue every command and answer it twice (`QUEUED`, then in `EXEC`'s array), and
-    /// the workers parse every answer (loadtest/README.md, change 28). Nothing here needs it:
+    /// the workers parse every answer. Nothing here needs it:
     /// the commands of one connection run in order (each status is stored before the
     /// announcement that wakes its long-polls), every value is a cache PostgreSQL backs, and
     /// [`mark`] changes a day's counter and bits in one command, so no rebuild in between can

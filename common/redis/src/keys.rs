@@ -33,7 +33,7 @@ impl Keys {
     /// [`BUILT_BIT`] is set once the bitmap was rebuilt from PostgreSQL, and the 32 bits from
     /// [`COUNTER_BIT`] count its changes (see [`bitmap_counter`]).
     ///
-    /// (`avail2`: until change 29 of loadtest/README.md the counter was a key of its own,
+    /// (`avail2`: the counter used to be a key of its own,
     /// `availv`; the new name keeps a bitmap of either layout from being read as the other
     /// while versions are mixed during an upgrade. Both are caches, rebuilt from PostgreSQL.)
     pub fn availability(&self, practitioner: Uuid, slot_start: DateTime<Utc>) -> String {
@@ -97,8 +97,7 @@ pub const BUILT_BIT: u32 = 24 * 60;
 /// the same `BITFIELD` command that sets them, an invalidation in the `MULTI` that zeroes them
 /// (`fast_path::FastPath::invalidate_days`); and a rebuild stores its bitmap only if the counter is still the one it
 /// read before reading PostgreSQL (`fast_path::FastPath::store_rebuilt`). Kept inside the
-/// bitmap rather than as a key of its own: one command and one key less per change
-/// (loadtest/README.md, change 29), and no order between two commands to get right.
+/// bitmap rather than as a key of its own: one command and one key less per change, and no order between two commands to get right.
 pub const COUNTER_BIT: u32 = 1536;
 
 /// The change counter of a bitmap read with `GET` (0 for a missing or shorter one, as Redis

@@ -47,8 +47,7 @@ pub struct HoldJob {
 ///
 /// Why several per job: apalis spends about ten Redis commands on every job (its data and
 /// metadata, the ready list and the wake-up signal, the in-flight set, the acknowledgement and
-/// the clean-up of done jobs), which were half of Redis' work per request
-/// (loadtest/README.md, change 14). A job per admission call pays them once for all the
+/// the clean-up of done jobs), which were half of Redis' work per request. A job per admission call pays them once for all the
 /// requests that arrived while the previous call was in flight; at low load that is one.
 ///
 /// On the wire `{"holds": [HoldJob, …]}`; a bare `HoldJob` (a job queued by an earlier
@@ -72,7 +71,7 @@ impl<'de> Deserialize<'de> for HoldTask {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::{Error, IgnoredAny, MapAccess, Visitor};
         // A visitor rather than an untagged enum, which buffers the whole job before it tries
-        // a variant (a tenth of the workers' instructions per decision, callgrind).
+        // a variant (a tenth of the workers' work per decision).
         struct Task;
         impl<'de> Visitor<'de> for Task {
             type Value = HoldTask;
@@ -162,8 +161,7 @@ pub const MAX_ATTEMPTS: u32 = 25;
 // `fetch_next.lua` promotes *all* due scheduled jobs in one call with
 // `rpush(active, unpack(ids))`. Lua's `unpack` fails above ~8000 values ("too many results to
 // unpack"), the fetch errors, and apalis marks the worker dead: a backlog of more than ~8000
-// submissions (a 10,000-request storm does it) stopped every worker for good. Measured with
-// `slotq-loadtest storm`. So new jobs go straight onto the active LIST, in apalis' own layout
+// submissions (a 10,000-request storm does it) stopped every worker for good. So new jobs go straight onto the active LIST, in apalis' own layout
 // (the data HASH holds the job's JSON, `{queue}:meta:{task id}` its attempts/status, the signal
 // LIST wakes workers), exactly as apalis' `batch_push.lua` does for a task without a run time.
 // Retries that apalis schedules itself still use the ZSET; there are few of them.

@@ -197,7 +197,7 @@ pub struct Verifier {
 
 /// A token that passed every check, remembered so the next request with the same token (a
 /// client sends one many times) skips the signature and the claims' decoding: that was a
-/// fifth of ingress' instructions per submission (callgrind, loadtest/README.md change 17).
+/// fifth of ingress' instructions per submission.
 /// What depends on the clock (`exp`, `nbf`) is checked again on every use, and an entry is
 /// dropped after [`VERIFIED_FOR`], so a key removed from the JWKS is honoured no longer than
 /// that beyond what the JWKS cache already allows.

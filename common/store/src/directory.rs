@@ -296,7 +296,7 @@ pub async fn load_schedules(
 ) -> Result<HashMap<Uuid, PractitionerSchedule>, sqlx::Error> {
     // One statement, one row per practitioner: its weekly hours and exceptions come as arrays
     // (two index probes each), not as one row per hour range in two more round trips. Workers
-    // run this for every batch (loadtest/README.md change 11).
+    // run this for every batch.
     let rows: Vec<ScheduleRow> = sqlx::query_as(
         "SELECT p.id, p.country_code, p.slot_minutes, c.timezone, p.clinic_id,
                 COALESCE(h.weekdays, '{}') AS weekdays, COALESCE(h.starts, '{}') AS starts,

@@ -75,8 +75,8 @@ pub(crate) struct EventColumns {
     pub(crate) aggregates: Vec<Uuid>,
     pub(crate) keys: Vec<String>,
     /// JSON text, bound as `text[]` and cast to `jsonb[]` by the statement: serialized once,
-    /// straight from the data (a `serde_json::Value` was built, then serialized again by the
-    /// binding: loadtest/README.md, change 28).
+    /// straight from the data (not built as a `serde_json::Value` and serialized again by the
+    /// binding).
     pub(crate) payloads: Vec<String>,
 }
 

@@ -37,7 +37,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations"
 /// PostgreSQL's default switches a statement to a cached generic plan after five runs, chosen
 /// with the table sizes of that moment; the batch statements kept plans made for a small
 /// `bookings` while it grew, and after the `mixed` load scenario a throughput round decided
-/// 4,177 requests/s instead of 6,861 with custom plans (loadtest/README.md, change 9).
+/// 4,177 requests/s instead of 6,861 with custom plans.
 pub async fn connect(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
     let mut options: sqlx::postgres::PgConnectOptions = url.parse()?;
     if !url.contains("plan_cache_mode") {

@@ -3,8 +3,7 @@
 //!
 //! Ingress never locks anything in PostgreSQL; these plain reads are cached briefly so a storm
 //! on one slot costs one query, not thousands. Staleness is harmless there: the workers decide
-//! again. The workers use the same caches for their batches (most batches then read nothing,
-//! loadtest/README.md change 16): a stale schedule cannot decide a hold either, because every
+//! again. The workers use the same caches for their batches (most batches then read nothing): a stale schedule cannot decide a hold either, because every
 //! batch checks under the hours locks that each practitioner's `hours_changed_at` is the one
 //! its schedule was read with (`db::holds::commit_batch`), and on a change the batch forgets
 //! its practitioners' schedules and is decided again. Patients are never deleted, and only

@@ -132,12 +132,12 @@ pub async fn lock_dispatch_cursor(conn: &mut PgConnection) -> Result<Option<Curs
 /// this point back, and with it the dispatch, until it ends.) Only rows whose type is in
 /// `wanted` carry their payload; the others come with a `null` one: the dispatcher only needs
 /// their position, and decoding every event's JSON for no subscriber was a seventh of the
-/// workers' instructions per decision (callgrind, loadtest/README.md change 20).
+/// workers' instructions per decision.
 ///
 /// The order names the table's columns: a bare `ORDER BY xact` meant the output column
 /// `xact::text`, which sorted `"100"` before `"99"` (a row could fall behind the cursor when
 /// the transaction ids gained a digit) and which no index serves (a sort of every row after
-/// the cursor, ~30 ms per call at 10,000 events/s; loadtest/README.md change 23).
+/// the cursor, ~30 ms per call at 10,000 events/s).
 pub async fn undispatched_after(
     conn: &mut PgConnection,
     cursor: &Cursor,
@@ -165,7 +165,7 @@ pub async fn undispatched_after(
 /// `limit`) and the position of the last one; `None` when there are none. For a dispatcher
 /// whose subscriptions want no event at all: it only moves its cursor, and reading every
 /// event of a busy outbox for nobody cost the workers ~7,000 instructions per decision (its
-/// columns decoded, callgrind) and PostgreSQL the rows sent (loadtest/README.md, change 28).
+/// columns decoded) and PostgreSQL the rows sent.
 pub async fn skip_after(
     conn: &mut PgConnection,
     cursor: &Cursor,

@@ -125,11 +125,11 @@ pub const DECIDED_VIEWS: &str = decided_views_sql!();
 // statistics say. As `WHERE r.id = ANY($1) … JOIN bookings`, PostgreSQL planned a sequential
 // scan of `booking_requests` (chosen while the table held ~9,000 rows, kept while it grew) and
 // a hash join over all of `bookings`: 24–28 ms per batch, and decided/s fell from ~6,500 to
-// ~2,500 (pg_stat_statements during slotq-loadtest throughput after mixed). The `LIMIT 1`
+// ~2,500. The `LIMIT 1`
 // (the id is the primary key) keeps the lateral subquery a subquery: without it PostgreSQL
 // pulls it up into a plain join and, with statistics from when the table was small, hashed
 // the ids and scanned all of `booking_requests` in about one batch of five during a fresh
-// throughput round (93 rows read per decision; auto_explain, loadtest/README.md change 21).
+// throughput round.
 /// The decided views of these requests (undecided ones are absent).
 pub async fn decided_views<'c, E>(
     executor: E,

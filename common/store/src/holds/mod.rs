@@ -10,7 +10,7 @@
 //!    arbiter unless one patient's instant is in the batch twice ([`INSERT_HOLDS_SLOT_ARBITER`]);
 //! 3. the losers are classified (`slot_taken` or `patient_conflict`);
 //! 4. reschedules move their booking with one conditional `UPDATE` each, under a savepoint:
-//!    the same unique indexes decide, and a lost race changes nothing (ADR-001); the bookings
+//!    the same unique indexes decide, and a lost race changes nothing (docs/adr/0001-unique-index-decides-races.md); the bookings
 //!    to move are locked before step 2, all at once in id order, so batches never deadlock
 //!    on them;
 //! 5. every decision is recorded in `booking_requests`, with its outbox and audit rows, in one

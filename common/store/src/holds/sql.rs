@@ -119,8 +119,7 @@ pub(super) async fn insert_holds(
 /// and their first column the country, which this check (any country) does not name. With
 /// statistics of a table analyzed nearly empty and refilled since, PostgreSQL answered the
 /// check with a full index-only scan of `bookings_patient_no_overlap` per row — 115 ms per
-/// batch, 0.13× the baseline — instead of probing `(patient_id, slot_start, id)`
-/// (loadtest/README.md, change 23).
+/// batch, 0.13× the baseline — instead of probing `(patient_id, slot_start, id)`.
 macro_rules! insert_holds_sql {
     ($on_conflict:literal) => {
         concat!(
@@ -155,7 +154,7 @@ pub const INSERT_HOLDS: &str = insert_holds_sql!("ON CONFLICT DO NOTHING");
 /// The hold insert of every other batch: only the slot gate arbitrates. `ON CONFLICT DO
 /// NOTHING` without a target checks each row against all four unique indexes before inserting
 /// it (a speculative insertion); naming the one index that can conflict took ~1 ms off each
-/// 128-row insert (~14 %, loadtest/README.md change 25). The other three cannot conflict in
+/// 128-row insert (~14 %). The other three cannot conflict in
 /// such a batch: the primary key's ids are new UUIDv7s; a request is in the batch once and a
 /// second delivery of it elsewhere is the same slot, which the gate skips; the patient's
 /// instant appears once in the batch, and other batches of that patient and instant are kept
