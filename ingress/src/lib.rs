@@ -4,6 +4,8 @@
 //! response. The booking path never takes a database lock: it validates (cached reads),
 //! registers the request in Redis (idempotency, availability pre-check, `queued` status),
 //! pushes the job and answers 202. See `ARCHITECTURE.md` for the whole data path.
+//!
+//! Longer than most modules: it is the process's state, its middleware stack and its serving, which change together.
 
 pub mod admitter;
 pub mod auth;

@@ -1,4 +1,6 @@
 //! Every figure of a run: the JSON document (`--json FILE`) and the human table.
+//!
+//! Longer than most modules: one renderer per scenario's table, kept side by side so they stay alike.
 
 use std::{collections::BTreeMap, fmt::Write};
 

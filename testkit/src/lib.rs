@@ -4,6 +4,8 @@
 //! `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) names the
 //! server; `REDIS_URL` the Redis. Databases are named `slotq_test_<random>` and dropped when
 //! the test finishes normally ([`TestApp::stop`]).
+//!
+//! Longer than most modules: the harness every integration test shares; splitting it would scatter one API.
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 

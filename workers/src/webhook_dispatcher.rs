@@ -24,6 +24,8 @@
 //! resolver that drops private and loopback addresses, so a name that resolves (or later
 //! re-resolves) into the private network is never connected to. Redirects are not followed and
 //! proxies from the environment are ignored, for the same reason.
+//!
+//! Longer than most modules: fan-out, delivery, retry and dead-lettering share one state machine of a delivery.
 
 use std::{
     error::Error as StdError,

@@ -11,6 +11,8 @@
 //! - a slot lasts `slot_minutes` real minutes, so one that spans a spring-forward gap would
 //!   run past the next slot's start (and maybe past the end of hours): it is not a slot
 //!   ([`SlotProblem::SpansClockChange`]). Slots of one practitioner never overlap.
+//!
+//! Longer than most modules: more than half of it is its unit tests (DST cases).
 
 use chrono::{
     DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Timelike, Utc,

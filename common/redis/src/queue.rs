@@ -2,6 +2,8 @@
 //!
 //! The queue has an explicit, stable name (`{REDIS_NAMESPACE}:holds`), never derived from a
 //! Rust type name, so renaming a type cannot strand queued jobs.
+//!
+//! Longer than most modules: apalis' key layout, the Lua scripts that write it and their reasons belong together; a change to one is a change to all.
 
 use apalis_redis::{Config as ApalisConfig, RedisStorage};
 use chrono::{DateTime, Utc};

@@ -4,6 +4,8 @@
 //! part of the public contract (scripts, the Helm chart and the README use them). The whole
 //! configuration is parsed and validated before any port is bound: a bad value stops the
 //! process with exit code 64 (`EX_USAGE`) and a message naming the variable.
+//!
+//! Longer than most modules: every environment variable with its default and validation, in one place operators can read.
 
 use std::{collections::HashMap, fmt::Display, net::SocketAddr, str::FromStr, time::Duration};
 

@@ -5,6 +5,8 @@
 //! with `JWT_HS256_SECRET`. `iss`, `aud`, `exp` and `nbf` are always checked, with a small
 //! leeway. `alg: none` and algorithm confusion are impossible: the accepted algorithm is
 //! fixed by the key, never taken from the token.
+//!
+//! Longer than most modules: verification, its cache and the claims it checks are one trust boundary.
 
 use std::{
     collections::HashMap,

@@ -2,6 +2,8 @@
 //! asks the state machine, writes the new status with outbox and audit rows, all in one
 //! transaction, so concurrent changes (payment racing expiry, cancel racing payment) serialize
 //! on the row and exactly one of them wins.
+//!
+//! Longer than most modules: every statement on `bookings` outside the batch decision lives here (one module per table family).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -1,4 +1,6 @@
 //! Clinics, practitioners with their hours, and patients.
+//!
+//! Longer than most modules: every statement on clinics, practitioners, hours and patients lives here (one module per table family).
 
 use std::collections::HashMap;
 

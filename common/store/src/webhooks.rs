@@ -5,6 +5,8 @@
 //! with a lease (`next_attempt_at` moves past the attempt's timeout, so a crashed dispatcher's
 //! delivery becomes due again), and records each attempt's result. Result updates are guarded
 //! by the attempt number, so a late answer from an attempt whose lease ran out changes nothing.
+//!
+//! Longer than most modules: every statement on the webhook tables lives here (one module per table family).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -1,4 +1,6 @@
 //! `POST /v1/booking-requests` (submit) and `GET /v1/booking-requests/{id}` (poll).
+//!
+//! Longer than most modules: each handler with its request and response types and their documentation.
 
 use std::{sync::atomic::Ordering, time::Duration};
 

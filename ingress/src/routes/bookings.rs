@@ -1,5 +1,7 @@
 //! Bookings: read, cancel, reschedule, visit outcomes, and the per-patient / per-practitioner
 //! listings.
+//!
+//! Longer than most modules: each handler with its request and response types and their documentation.
 
 use axum::{Json, extract::State, http::HeaderMap, response::IntoResponse};
 use chrono::{DateTime, NaiveDate, Utc};

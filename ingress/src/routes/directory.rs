@@ -1,4 +1,6 @@
 //! Clinics, practitioners with their hours, patients.
+//!
+//! Longer than most modules: each handler with its request and response types and their documentation.
 
 use axum::{
     Json,
