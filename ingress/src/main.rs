@@ -95,7 +95,8 @@ fn token(config: &Config, args: Vec<String>) -> anyhow::Result<()> {
     let secret = config
         .auth
         .hs256_secret
-        .as_deref()
+        .as_ref()
+        .map(secrecy::ExposeSecret::expose_secret)
         .ok_or_else(|| anyhow::anyhow!("JWT_HS256_SECRET is not set"))?;
     let c = claims(
         &config.auth,

@@ -290,7 +290,8 @@ async fn expired_wrong_audience_wrong_key_and_unsigned_tokens_are_refused() {
     })
     .await;
     let auth = &app.config.auth;
-    let secret = auth.hs256_secret.clone().unwrap();
+    let secret =
+        secrecy::ExposeSecret::expose_secret(auth.hs256_secret.as_ref().unwrap()).to_owned();
     let base =
         slotq_security::auth::claims(auth, Role::Ops, "eve", None, None, Duration::from_secs(600));
     let mut expired = base.clone();

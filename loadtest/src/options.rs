@@ -254,7 +254,7 @@ fn mint_token(vars: &HashMap<String, String>) -> anyhow::Result<String> {
         .filter(|v| !v.is_empty())
         .context("no token: pass --token / SLOTQ_TOKEN, or set JWT_HS256_SECRET to mint one")?;
     let config = AuthConfig {
-        hs256_secret: Some(secret.clone()),
+        hs256_secret: Some(secret.as_str().into()),
         jwks: None,
         issuer: get("JWT_ISSUER", "slotq"),
         audience: get("JWT_AUDIENCE", "slotq-api"),

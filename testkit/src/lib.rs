@@ -482,7 +482,12 @@ pub fn mint(
 ) -> String {
     // A stack verifying only against a JWKS gets an unusable token here; such tests mint
     // their own.
-    let Some(secret) = config.auth.hs256_secret.as_deref() else {
+    let Some(secret) = config
+        .auth
+        .hs256_secret
+        .as_ref()
+        .map(secrecy::ExposeSecret::expose_secret)
+    else {
         return "no-hs256-secret".into();
     };
     let claims = slotq_security::auth::claims(

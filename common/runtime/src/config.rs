@@ -7,6 +7,7 @@
 //!
 //! Longer than most modules: every environment variable with its default and validation, in one place operators can read.
 
+use secrecy::SecretString;
 use std::{collections::HashMap, fmt::Display, net::SocketAddr, str::FromStr, time::Duration};
 
 /// Exit code for a configuration error (BSD `EX_USAGE`).
@@ -51,7 +52,7 @@ pub struct Config {
     /// How long a hold lasts before the scheduler expires it.
     pub hold_ttl: Duration,
     /// HMAC secret shared with the payment provider; `None` refuses every webhook.
-    pub payment_webhook_secret: Option<String>,
+    pub payment_webhook_secret: Option<SecretString>,
     /// Tolerated distance between a webhook's timestamp and our clock.
     pub payment_webhook_tolerance: Duration,
     /// Jobs a worker process runs at once (must be at least `batch_max` to fill batches).
@@ -144,7 +145,7 @@ impl Config {
                 .0
                 .get("PAYMENT_WEBHOOK_SECRET")
                 .filter(|s| !s.is_empty())
-                .cloned(),
+                .map(|s| SecretString::from(s.as_str())),
             payment_webhook_tolerance: Duration::from_secs(
                 env.parse("PAYMENT_WEBHOOK_TOLERANCE_SECS", "300")?,
             ),
@@ -184,7 +185,7 @@ impl Config {
                     .0
                     .get("JWT_HS256_SECRET")
                     .filter(|s| !s.is_empty())
-                    .cloned(),
+                    .map(|s| SecretString::from(s.as_str())),
                 jwks: env.0.get("JWT_JWKS").filter(|s| !s.is_empty()).cloned(),
                 issuer: env.string("JWT_ISSUER", "slotq"),
                 audience: env.string("JWT_AUDIENCE", "slotq-api"),
@@ -646,6 +647,21 @@ mod tests {
         );
         std::fs::remove_file(&file).unwrap();
         assert!(c.is_ok(), "{:?}", c.err());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let c = Config::from_vars(
+            Role::Ingress,
+            &vars(&[
+                ("JWT_HS256_SECRET", "jwt-topsecret"),
+                ("PAYMENT_WEBHOOK_SECRET", "pay-topsecret"),
+            ]),
+        )
+        .expect("valid");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("topsecret"), "{shown}");
+        assert!(c.payment_webhook_secret.is_some() && c.auth.hs256_secret.is_some());
     }
 
     #[test]

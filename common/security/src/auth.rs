@@ -8,6 +8,7 @@
 //!
 //! Longer than most modules: verification, its cache and the claims it checks are one trust boundary.
 
+use secrecy::{ExposeSecret, SecretString};
 use std::{
     collections::HashMap,
     sync::Mutex,
@@ -171,8 +172,8 @@ pub enum AuthError {
 /// Where verification keys come from.
 #[derive(Clone, Debug, Default)]
 pub struct AuthConfig {
-    /// HS256 secret for local runs.
-    pub hs256_secret: Option<String>,
+    /// HS256 secret for local runs (redacted in `Debug`, never logged).
+    pub hs256_secret: Option<SecretString>,
     /// JWKS location: a file path or an `http(s)://` URL.
     pub jwks: Option<String>,
     /// Required `iss`.
@@ -223,7 +224,7 @@ impl Verifier {
         let hs256 = config
             .hs256_secret
             .as_ref()
-            .map(|s| DecodingKey::from_secret(s.as_bytes()));
+            .map(|s| DecodingKey::from_secret(s.expose_secret().as_bytes()));
         Self {
             config,
             hs256,

@@ -58,7 +58,7 @@ async fn handle(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<&'stat
     let now = chrono::Utc::now().timestamp();
     signature::verify(
         header,
-        secret.as_bytes(),
+        secrecy::ExposeSecret::expose_secret(secret).as_bytes(),
         body,
         now,
         i64::try_from(s.config.payment_webhook_tolerance.as_secs()).unwrap_or(i64::MAX),
