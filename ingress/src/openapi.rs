@@ -231,47 +231,16 @@ impl Modify for Security {
     info(title = "slotq", description = "Queue-first booking pipeline for healthcare appointments."),
     modifiers(&Security),
     security(("bearer" = [])),
-    paths(
-        routes::directory::create_clinic,
-        routes::directory::get_clinic,
-        routes::directory::create_practitioner,
-        routes::directory::get_practitioner,
-        routes::directory::get_hours,
-        routes::directory::put_hours,
-        routes::directory::conflicts,
-        routes::directory::resolve_conflict,
-        routes::directory::create_patient,
-        routes::directory::get_patient,
-        routes::availability::practitioners,
-        routes::availability::availability,
-        routes::availability::rebuild,
-        routes::availability::search,
-        routes::booking_requests::submit,
-        routes::booking_requests::poll,
-        routes::bookings::get,
-        routes::bookings::audit,
-        routes::bookings::cancel,
-        routes::bookings::complete,
-        routes::bookings::no_show,
-        routes::bookings::reschedule,
-        routes::bookings::by_patient,
-        routes::bookings::by_practitioner,
-        routes::payments::webhook,
-        routes::webhook_subscriptions::create,
-        routes::webhook_subscriptions::list,
-        routes::webhook_subscriptions::get,
-        routes::webhook_subscriptions::delete,
-        routes::webhook_subscriptions::deliveries,
-        routes::webhook_subscriptions::delivery,
-        routes::webhook_subscriptions::redeliver,
-        routes::ops::healthz,
-        routes::ops::readyz,
-    ),
     components(schemas(Problem, Clinic, Practitioner, Patient, Booking, RequestView, Conflict, AuditRow))
 )]
 pub struct ApiDoc;
 
+/// The whole document: [`ApiDoc`] (title, security, shared schemas) plus every route of
+/// `routes::api`, built once.
+static DOCUMENT: std::sync::LazyLock<utoipa::openapi::OpenApi> =
+    std::sync::LazyLock::new(|| routes::api().split_for_parts().1);
+
 /// `GET /openapi.json`.
-pub async fn document() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(ApiDoc::openapi())
+pub async fn document() -> axum::Json<&'static utoipa::openapi::OpenApi> {
+    axum::Json(&DOCUMENT)
 }

@@ -8,10 +8,9 @@ pub mod ops;
 pub mod payments;
 pub mod webhook_subscriptions;
 
-use axum::{
-    Router,
-    routing::{get, post},
-};
+use axum::{Router, routing::get};
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{AppState, error::ApiError};
 
@@ -32,77 +31,55 @@ pub(crate) fn page<T, C>(
     }
 }
 
-/// Every route; unknown paths and methods answer problem+json too.
+/// Every route; unknown paths and methods answer problem+json too. The documented routes
+/// come from [`api`], so the router and the OpenAPI document are one list.
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(ops::healthz))
+    let (router, _) = api().split_for_parts();
+    router
         .route("/openapi.json", get(crate::openapi::document))
-        .route("/readyz", get(ops::readyz))
-        .route("/v1/clinics", post(directory::create_clinic))
-        .route("/v1/clinics/{id}", get(directory::get_clinic))
-        .route(
-            "/v1/clinics/{id}/practitioners",
-            post(directory::create_practitioner),
-        )
-        .route("/v1/practitioners", get(availability::practitioners))
-        .route("/v1/practitioners/{id}", get(directory::get_practitioner))
-        .route(
-            "/v1/practitioners/{id}/availability",
-            get(availability::availability),
-        )
-        .route(
-            "/v1/practitioners/{id}/availability/rebuild",
-            post(availability::rebuild),
-        )
-        .route(
-            "/v1/practitioners/{id}/bookings",
-            get(bookings::by_practitioner),
-        )
-        .route(
-            "/v1/practitioners/{id}/conflicts",
-            get(directory::conflicts),
-        )
-        .route(
-            "/v1/practitioners/{id}/conflicts/{booking_id}/resolve",
-            post(directory::resolve_conflict),
-        )
-        .route("/v1/slots", get(availability::search))
-        .route(
-            "/v1/practitioners/{id}/hours",
-            get(directory::get_hours).put(directory::put_hours),
-        )
-        .route("/v1/patients", post(directory::create_patient))
-        .route("/v1/patients/{id}", get(directory::get_patient))
-        .route("/v1/patients/{id}/bookings", get(bookings::by_patient))
-        .route("/v1/booking-requests", post(booking_requests::submit))
-        .route("/v1/booking-requests/{id}", get(booking_requests::poll))
-        .route("/v1/bookings/{id}", get(bookings::get))
-        .route("/v1/bookings/{id}/audit", get(bookings::audit))
-        .route("/v1/bookings/{id}/cancel", post(bookings::cancel))
-        .route("/v1/bookings/{id}/reschedule", post(bookings::reschedule))
-        .route("/v1/bookings/{id}/complete", post(bookings::complete))
-        .route("/v1/bookings/{id}/no-show", post(bookings::no_show))
-        .route("/v1/payments/webhook", post(payments::webhook))
-        .route(
-            "/v1/webhook-subscriptions",
-            get(webhook_subscriptions::list).post(webhook_subscriptions::create),
-        )
-        .route(
-            "/v1/webhook-subscriptions/{id}",
-            get(webhook_subscriptions::get).delete(webhook_subscriptions::delete),
-        )
-        .route(
-            "/v1/webhook-subscriptions/{id}/deliveries",
-            get(webhook_subscriptions::deliveries),
-        )
-        .route(
-            "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}",
-            get(webhook_subscriptions::delivery),
-        )
-        .route(
-            "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}/redeliver",
-            post(webhook_subscriptions::redeliver),
-        )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+}
+
+/// The documented API: each handler registered once, at the method and path of its
+/// `#[utoipa::path]` (handlers of one path share a `routes!`).
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(directory::create_clinic))
+        .routes(routes!(directory::get_clinic))
+        .routes(routes!(directory::create_practitioner))
+        .routes(routes!(availability::practitioners))
+        .routes(routes!(directory::get_practitioner))
+        .routes(routes!(availability::availability))
+        .routes(routes!(availability::rebuild))
+        .routes(routes!(bookings::by_practitioner))
+        .routes(routes!(directory::conflicts))
+        .routes(routes!(directory::resolve_conflict))
+        .routes(routes!(availability::search))
+        .routes(routes!(directory::get_hours, directory::put_hours))
+        .routes(routes!(directory::create_patient))
+        .routes(routes!(directory::get_patient))
+        .routes(routes!(bookings::by_patient))
+        .routes(routes!(booking_requests::submit))
+        .routes(routes!(booking_requests::poll))
+        .routes(routes!(bookings::get))
+        .routes(routes!(bookings::audit))
+        .routes(routes!(bookings::cancel))
+        .routes(routes!(bookings::reschedule))
+        .routes(routes!(bookings::complete))
+        .routes(routes!(bookings::no_show))
+        .routes(routes!(payments::webhook))
+        .routes(routes!(
+            webhook_subscriptions::list,
+            webhook_subscriptions::create
+        ))
+        .routes(routes!(
+            webhook_subscriptions::get,
+            webhook_subscriptions::delete
+        ))
+        .routes(routes!(webhook_subscriptions::deliveries))
+        .routes(routes!(webhook_subscriptions::delivery))
+        .routes(routes!(webhook_subscriptions::redeliver))
 }
