@@ -1,5 +1,7 @@
-//! Parsing of API input fields into validated values. Each function returns a message meant
-//! for the client (it ends up in a problem+json `errors[]` entry).
+//! Parsing of API input fields into validated values: parse, don't validate. A
+//! [`CountryCode`], [`Email`] or [`Phone`] can only be made by parsing, so holding one proves
+//! the input was checked. Each error is a message meant for the client (it ends up in a
+//! problem+json `errors[]` entry).
 
 use chrono::NaiveTime;
 use chrono_tz::Tz;
@@ -41,13 +43,54 @@ pub const ISO_3166_ALPHA2: [&str; 249] = [
     "VN", "VU", "WF", "WS", "YE", "YT", "ZA", "ZM", "ZW",
 ];
 
-/// An officially assigned ISO 3166-1 alpha-2 country code, upper-cased.
-pub fn country_code(raw: &str) -> Result<String, String> {
-    let v = raw.trim().to_ascii_uppercase();
-    if ISO_3166_ALPHA2.binary_search(&v.as_str()).is_ok() {
-        Ok(v)
-    } else {
-        Err("must be a two-letter ISO 3166-1 country code".into())
+/// Defines a validated string newtype: `as_str`, `Display`, `AsRef<str>` and `into_string`.
+macro_rules! text_newtype {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The validated text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// The validated text, owned.
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+text_newtype!(
+    /// An officially assigned ISO 3166-1 alpha-2 country code, upper-cased: the partition key
+    /// of `bookings`.
+    CountryCode
+);
+
+impl CountryCode {
+    /// Parses a code in any case, surrounding spaces ignored.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let v = raw.trim().to_ascii_uppercase();
+        if ISO_3166_ALPHA2.binary_search(&v.as_str()).is_ok() {
+            Ok(CountryCode(v))
+        } else {
+            Err("must be a two-letter ISO 3166-1 country code".into())
+        }
     }
 }
 
@@ -58,8 +101,31 @@ pub fn timezone(raw: &str) -> Result<Tz, String> {
         .map_err(|_| "must be an IANA time zone such as Europe/Paris".into())
 }
 
-/// A plausible e-mail address (one `@`, non-empty parts, a dot in the domain, no spaces).
-pub fn email(raw: &str) -> Result<String, String> {
+text_newtype!(
+    /// A plausible e-mail address (one `@`, non-empty parts, a dot in the domain, no spaces).
+    Email
+);
+
+text_newtype!(
+    /// A phone number: digits with optional `+`, spaces, dashes, dots and parentheses.
+    Phone
+);
+
+impl Email {
+    /// Parses an address, surrounding spaces ignored.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        email(raw).map(Email)
+    }
+}
+
+impl Phone {
+    /// Parses a number, surrounding spaces ignored.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        phone(raw).map(Phone)
+    }
+}
+
+fn email(raw: &str) -> Result<String, String> {
     let v = raw.trim();
     let ok = v.len() <= 254
         && !v.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -73,8 +139,7 @@ pub fn email(raw: &str) -> Result<String, String> {
     }
 }
 
-/// A phone number: digits with optional `+`, spaces, dashes, dots and parentheses.
-pub fn phone(raw: &str) -> Result<String, String> {
+fn phone(raw: &str) -> Result<String, String> {
     let v = raw.trim();
     let digits = v.chars().filter(char::is_ascii_digit).count();
     let ok = (4..=20).contains(&digits)
@@ -170,21 +235,21 @@ mod tests {
         assert_eq!(name("  Dr. Ada  ", 10), Ok("Dr. Ada".into()));
         assert!(name("   ", 10).is_err());
         assert!(name("x\u{0}y", 10).is_err());
-        assert_eq!(country_code("fr"), Ok("FR".into()));
-        assert!(country_code("FRA").is_err());
-        assert!(country_code("F1").is_err());
-        assert_eq!(country_code(" gb "), Ok("GB".into()));
+        assert_eq!(CountryCode::parse("fr").unwrap().as_str(), "FR");
+        assert!(CountryCode::parse("FRA").is_err());
+        assert!(CountryCode::parse("F1").is_err());
+        assert_eq!(CountryCode::parse(" gb ").unwrap().to_string(), "GB");
         for bad in ["ZZ", "XX", "UK", "EU", "XK", "AA", "", "É"] {
-            assert!(country_code(bad).is_err(), "{bad}");
+            assert!(CountryCode::parse(bad).is_err(), "{bad}");
         }
         assert!(timezone("Europe/Paris").is_ok());
         assert!(timezone("Mars/Olympus").is_err());
-        assert!(email("a@b.example").is_ok());
+        assert!(Email::parse("a@b.example").is_ok());
         for bad in ["a@b", "@b.example", "a b@c.de", "a@@b.de", "a@.de"] {
-            assert!(email(bad).is_err(), "{bad}");
+            assert!(Email::parse(bad).is_err(), "{bad}");
         }
-        assert!(phone("+33 1 23 45 67 89").is_ok());
-        assert!(phone("call me").is_err());
+        assert!(Phone::parse("+33 1 23 45 67 89").is_ok());
+        assert!(Phone::parse("call me").is_err());
         assert_eq!(slot_minutes(30), Ok(30));
         assert!(slot_minutes(7).is_err());
         assert!(slot_minutes(0).is_err());

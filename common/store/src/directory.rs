@@ -2,6 +2,7 @@
 //!
 //! Longer than most modules: every statement on clinics, practitioners, hours and patients lives here (one module per table family).
 
+use slotq_domain::fields::{CountryCode, Email, Phone};
 use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
@@ -37,13 +38,13 @@ pub struct NewClinic {
     /// Display name.
     pub name: String,
     /// ISO country code.
-    pub country_code: String,
+    pub country_code: CountryCode,
     /// IANA time zone.
     pub timezone: String,
     /// Postal address.
     pub address: Option<String>,
     /// Phone number.
-    pub phone: Option<String>,
+    pub phone: Option<Phone>,
 }
 
 /// A practitioner as stored and returned by the API.
@@ -132,11 +133,11 @@ pub async fn insert_clinic(pool: &PgPool, c: &NewClinic) -> Result<Clinic, sqlx:
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
     )
     .bind(Uuid::now_v7())
-    .bind(&c.country_code)
+    .bind(c.country_code.as_str())
     .bind(&c.name)
     .bind(&c.timezone)
     .bind(&c.address)
-    .bind(&c.phone)
+    .bind(c.phone.as_ref().map(Phone::as_str))
     .fetch_one(pool)
     .await
 }
@@ -376,11 +377,16 @@ pub async fn load_schedules(
 pub async fn insert_patient(
     pool: &PgPool,
     keys: &PiiKeys,
-    country_code: &str,
+    country_code: &CountryCode,
     name: &str,
-    email: &str,
-    phone: Option<&str>,
+    email: &Email,
+    phone: Option<&Phone>,
 ) -> Result<Option<Patient>, sqlx::Error> {
+    let (country_code, email, phone) = (
+        country_code.as_str(),
+        email.as_str(),
+        phone.map(Phone::as_str),
+    );
     let res = sqlx::query_as::<_, PatientRow>(
         "INSERT INTO patients (id, country_code, name_enc, email_enc, phone_enc, email_bidx)
          VALUES ($1, $2, $3, $4, $5, $6)

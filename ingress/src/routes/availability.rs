@@ -5,6 +5,7 @@
 use axum::{Json, extract::State, response::IntoResponse};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
+use slotq_domain::fields::CountryCode;
 use slotq_redis::availability;
 use slotq_store::directory;
 use uuid::Uuid;
@@ -237,7 +238,7 @@ pub async fn search(
     let country = f.optional(
         "country",
         q.country.as_deref(),
-        slotq_domain::fields::country_code,
+        slotq_domain::fields::CountryCode::parse,
     );
     f.finish()?;
     let from = from.max(now);
@@ -245,7 +246,7 @@ pub async fn search(
         &s.pool,
         q.specialty.as_deref(),
         q.clinic_id,
-        country.as_deref(),
+        country.as_ref().map(CountryCode::as_str),
         MAX_PRACTITIONERS,
     )
     .await?;
@@ -351,7 +352,11 @@ pub async fn practitioners(
             "must be between 1 and 1000",
         ));
     }
-    let country = match q.country.as_deref().map(slotq_domain::fields::country_code) {
+    let country = match q
+        .country
+        .as_deref()
+        .map(slotq_domain::fields::CountryCode::parse)
+    {
         Some(Ok(c)) => Some(c),
         Some(Err(e)) => return Err(ApiError::invalid_field("country", "invalid", e)),
         None => None,
@@ -360,7 +365,7 @@ pub async fn practitioners(
         &s.pool,
         q.specialty.as_deref(),
         q.clinic_id,
-        country.as_deref(),
+        country.as_ref().map(CountryCode::as_str),
         limit,
     )
     .await?;

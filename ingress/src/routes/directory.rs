@@ -50,7 +50,7 @@ pub async fn create_clinic(
     authorize(&caller, Action::CreateClinic)?;
     let mut f = Fields::default();
     let name = f.check("name", fields::name(&b.name, 200));
-    let country_code = f.check("country_code", fields::country_code(&b.country_code));
+    let country_code = f.check("country_code", fields::CountryCode::parse(&b.country_code));
     let tz = f.check("timezone", fields::timezone(&b.timezone));
     let address = b
         .address
@@ -59,7 +59,7 @@ pub async fn create_clinic(
     let phone = b
         .phone
         .as_deref()
-        .and_then(|p| f.check("phone", fields::phone(p)));
+        .and_then(|p| f.check("phone", fields::Phone::parse(p)));
     f.finish()?;
     let (Some(name), Some(country_code), Some(tz)) = (name, country_code, tz) else {
         return Err(anyhow::anyhow!("a parsed field had no value").into());
@@ -463,17 +463,17 @@ pub async fn create_patient(
     authorize(&caller, Action::CreatePatient)?;
     let mut f = Fields::default();
     let name = f.check("name", fields::name(&b.name, 200));
-    let email = f.check("email", fields::email(&b.email));
+    let email = f.check("email", fields::Email::parse(&b.email));
     let phone = b
         .phone
         .as_deref()
-        .and_then(|p| f.check("phone", fields::phone(p)));
-    let country = f.check("country_code", fields::country_code(&b.country_code));
+        .and_then(|p| f.check("phone", fields::Phone::parse(p)));
+    let country = f.check("country_code", fields::CountryCode::parse(&b.country_code));
     f.finish()?;
     let (Some(name), Some(email), Some(country)) = (name, email, country) else {
         return Err(anyhow::anyhow!("a parsed field had no value").into());
     };
-    let p = directory::insert_patient(&s.pool, &s.pii, &country, &name, &email, phone.as_deref())
+    let p = directory::insert_patient(&s.pool, &s.pii, &country, &name, &email, phone.as_ref())
         .await?
         .ok_or(ApiError::Conflict {
             code: "email_taken",
