@@ -95,19 +95,10 @@ impl AppState {
     /// Connects to PostgreSQL and Redis and starts the background tasks (decision listener,
     /// queue-depth refresher).
     pub async fn connect(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
-        let pool = slotq_store::connect(&config.database_url, config.db_max_connections)
-            .await
-            .context("connecting to PostgreSQL")?;
-        if config.auto_migrate {
-            slotq_store::migrate(&pool)
-                .await
-                .context("applying migrations")?;
-        }
+        let (pool, redis) =
+            slotq_runtime::process::connect(&config, config.db_max_connections).await?;
+        // The decisions listener's pub/sub needs a connection of its own.
         let client = redis::Client::open(config.redis_url.as_str()).context("parsing REDIS_URL")?;
-        let redis = client
-            .get_connection_manager()
-            .await
-            .context("connecting to Redis")?;
         let fast = FastPath::new(redis.clone(), &config.redis_namespace);
         let metrics = Arc::new(Metrics::for_component(
             slotq_runtime::metrics::Component::Ingress,
