@@ -197,17 +197,27 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem: the body of every error of the API, and its schema in the OpenAPI
+/// document (the shared `default` response of every operation).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
     #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: String,
+    pub kind: String,
+    /// Short summary.
+    pub title: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong, for this request.
+    pub detail: String,
+    /// Machine-readable code of a conflict (`slot_taken`, `email_taken`, `illegal_transition`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    code: Option<&'a str>,
+    #[schema(nullable = false)]
+    pub code: Option<&'static str>,
+    /// Field problems of a 422.
     #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a [FieldError]>,
+    #[schema(nullable = false)]
+    pub errors: Option<Vec<FieldError>>,
 }
 
 impl IntoResponse for ApiError {
@@ -222,7 +232,7 @@ impl IntoResponse for ApiError {
         };
         let (code, errors) = match &self {
             ApiError::Conflict { code, .. } => (Some(*code), None),
-            ApiError::Unprocessable { errors, .. } => (None, Some(errors.as_slice())),
+            ApiError::Unprocessable { errors, .. } => (None, Some(errors.clone())),
             _ => (None, None),
         };
         let body = Problem {

@@ -18,27 +18,7 @@ use utoipa::{
 };
 use uuid::Uuid;
 
-use crate::{error::FieldError, routes};
-
-/// An RFC 9457 problem: every error of the API.
-#[derive(Serialize, ToSchema)]
-pub struct Problem {
-    /// A URI naming the kind of problem.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Short summary.
-    pub title: String,
-    /// The HTTP status.
-    pub status: u16,
-    /// What went wrong, for this request.
-    pub detail: String,
-    /// Machine-readable code of a conflict (`slot_taken`, `email_taken`, `illegal_transition`).
-    #[schema(nullable = false)]
-    pub code: Option<String>,
-    /// Field problems of a 422.
-    #[schema(nullable = false)]
-    pub errors: Option<Vec<FieldError>>,
-}
+use crate::routes;
 
 /// A page of bookings.
 #[derive(Serialize, ToSchema)]
@@ -231,14 +211,54 @@ impl Modify for Security {
     info(title = "slotq", description = "Queue-first booking pipeline for healthcare appointments."),
     modifiers(&Security),
     security(("bearer" = [])),
-    components(schemas(Problem, Clinic, Practitioner, Patient, Booking, RequestView, Conflict, AuditRow))
+    components(schemas(crate::error::Problem, Clinic, Practitioner, Patient, Booking, RequestView, Conflict, AuditRow))
 )]
 pub struct ApiDoc;
 
 /// The whole document: [`ApiDoc`] (title, security, shared schemas) plus every route of
 /// `routes::api`, built once.
-static DOCUMENT: std::sync::LazyLock<utoipa::openapi::OpenApi> =
-    std::sync::LazyLock::new(|| routes::api().split_for_parts().1);
+static DOCUMENT: std::sync::LazyLock<utoipa::openapi::OpenApi> = std::sync::LazyLock::new(|| {
+    let mut doc = routes::api().split_for_parts().1;
+    describe_problems(&mut doc);
+    doc
+});
+
+/// Every `/v1` operation answers a [`crate::error::Problem`] for every error: described once, as the
+/// shared response `Problem`, and referenced as each operation's `default` response.
+fn describe_problems(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let problem = ResponseBuilder::new()
+        .description("A problem (RFC 9457)")
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build();
+    doc.components
+        .get_or_insert_with(Default::default)
+        .responses
+        .insert("Problem".to_owned(), RefOr::T(problem));
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        let operations = [
+            item.get.as_mut(),
+            item.post.as_mut(),
+            item.put.as_mut(),
+            item.delete.as_mut(),
+            item.patch.as_mut(),
+        ];
+        for op in operations.into_iter().flatten() {
+            op.responses.responses.insert(
+                "default".to_owned(),
+                RefOr::Ref(Ref::from_response_name("Problem")),
+            );
+        }
+    }
+}
 
 /// `GET /openapi.json`.
 pub async fn document() -> axum::Json<&'static utoipa::openapi::OpenApi> {

@@ -112,7 +112,8 @@ async fn every_documented_operation_is_served_and_every_route_is_documented() {
     app.stop().await;
 }
 
-/// Every `$ref` of the document names a schema it defines, and the request statuses and
+/// Every `$ref` of the document names a schema or response it defines, every `/v1` operation
+/// documents its problem+json errors, and the request statuses and
 /// rejection reasons are enumerated as the server writes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_schema_reference_resolves_and_the_enums_list_their_wire_names() {
@@ -128,8 +129,22 @@ async fn every_schema_reference_resolves_and_the_enums_list_their_wire_names() {
     collect_refs(&doc, &mut refs);
     assert!(!refs.is_empty());
     for r in &refs {
-        let name = r.strip_prefix("#/components/schemas/").unwrap_or(r);
-        assert!(schemas.contains_key(name), "{r} is not defined");
+        let defined = match r.strip_prefix("#/components/responses/") {
+            Some(name) => doc["components"]["responses"].get(name).is_some(),
+            None => schemas.contains_key(r.strip_prefix("#/components/schemas/").unwrap_or(r)),
+        };
+        assert!(defined, "{r} is not defined");
+    }
+    // Every /v1 operation answers problem+json for its errors (described once).
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if path.starts_with("/v1/") {
+            for (method, op) in item.as_object().unwrap() {
+                assert_eq!(
+                    op["responses"]["default"]["$ref"], "#/components/responses/Problem",
+                    "{method} {path}"
+                );
+            }
+        }
     }
     let listed = |name: &str| -> Vec<String> {
         schemas[name]["enum"]

@@ -50,7 +50,7 @@ struct Day {
 
 /// `GET /v1/practitioners/{id}/availability?from=&days=`: free slots grouped by local day
 /// (the clinic's time zone), `days` ≤ 31 (default 7), `from` defaults to today.
-#[utoipa::path(get, path = "/v1/practitioners/{id}/availability", params(("id" = String, Path, description = "id (a UUID)"), AvailabilityQuery), responses((status = 200, body = crate::openapi::Availability), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/practitioners/{id}/availability", params(("id" = String, Path, description = "id (a UUID)"), AvailabilityQuery), responses((status = 200, body = crate::openapi::Availability)))]
 pub async fn availability(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -147,7 +147,7 @@ pub async fn availability(
 
 /// `POST /v1/practitioners/{id}/availability/rebuild`: rebuilds the bitmaps of the booking
 /// horizon from PostgreSQL (ops; normally a miss rebuilds on its own).
-#[utoipa::path(post, path = "/v1/practitioners/{id}/availability/rebuild", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = crate::openapi::RebuildResult), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/practitioners/{id}/availability/rebuild", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = crate::openapi::RebuildResult)))]
 pub async fn rebuild(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -200,7 +200,7 @@ const MAX_PRACTITIONERS: i64 = 5_000;
 /// `GET /v1/slots?specialty=&clinic_id=&country=&from=&to=&limit=&cursor=`: free slots across
 /// practitioners, earliest first (ties by practitioner id), cursor-paginated. `from` defaults
 /// to now, `to` to `from` + 7 days (at most 31 days), `limit` to 20 (at most 100).
-#[utoipa::path(get, path = "/v1/slots", params(SearchQuery), responses((status = 200, body = crate::openapi::SlotPage), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/slots", params(SearchQuery), responses((status = 200, body = crate::openapi::SlotPage)))]
 pub async fn search(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -337,7 +337,7 @@ pub struct PractitionerQuery {
 }
 
 /// `GET /v1/practitioners?specialty=&clinic_id=&country=&limit=`.
-#[utoipa::path(get, path = "/v1/practitioners", params(PractitionerQuery), responses((status = 200, body = crate::openapi::PractitionerList), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/practitioners", params(PractitionerQuery), responses((status = 200, body = crate::openapi::PractitionerList)))]
 pub async fn practitioners(
     State(s): State<AppState>,
     Caller(caller): Caller,

@@ -164,7 +164,7 @@ pub(crate) fn body_hash(
 }
 
 /// `POST /v1/booking-requests` → 202 `{id, status: "queued"}` + `Location`.
-#[utoipa::path(post, path = "/v1/booking-requests", request_body = SubmitBody, params(("Idempotency-Key" = Option<String>, Header, description = "Stripe-style idempotency key")), responses((status = 202, body = slotq_store::requests::RequestView), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/booking-requests", request_body = SubmitBody, params(("Idempotency-Key" = Option<String>, Header, description = "Stripe-style idempotency key")), responses((status = 202, body = slotq_store::requests::RequestView)))]
 pub async fn submit(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -385,7 +385,7 @@ pub struct PollQuery {
 }
 
 /// `GET /v1/booking-requests/{id}[?wait=S]`.
-#[utoipa::path(get, path = "/v1/booking-requests/{id}", params(("id" = String, Path, description = "id (a UUID)"), PollQuery), responses((status = 200, body = slotq_store::requests::RequestView), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/booking-requests/{id}", params(("id" = String, Path, description = "id (a UUID)"), PollQuery), responses((status = 200, body = slotq_store::requests::RequestView)))]
 pub async fn poll(
     State(s): State<AppState>,
     Caller(caller): Caller,

@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// `GET /v1/bookings/{id}`.
-#[utoipa::path(get, path = "/v1/bookings/{id}", operation_id = "get_booking", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_store::bookings::Booking), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/bookings/{id}", operation_id = "get_booking", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_store::bookings::Booking)))]
 pub async fn get(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -64,7 +64,7 @@ async fn load(
 }
 
 /// `GET /v1/bookings/{id}/audit`: the booking's status history (ops, its clinic, service).
-#[utoipa::path(get, path = "/v1/bookings/{id}/audit", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = crate::openapi::AuditTrail), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/bookings/{id}/audit", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = crate::openapi::AuditTrail)))]
 pub async fn audit(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -149,7 +149,7 @@ async fn change(
 }
 
 /// `POST /v1/bookings/{id}/cancel` (optional `{reason}`): frees the slot at once.
-#[utoipa::path(post, path = "/v1/bookings/{id}/cancel", params(("id" = String, Path, description = "id (a UUID)")), request_body(content = Option<ChangeBody>, content_type = "application/json"), responses((status = 200, body = slotq_store::bookings::Booking), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/bookings/{id}/cancel", params(("id" = String, Path, description = "id (a UUID)")), request_body(content = Option<ChangeBody>, content_type = "application/json"), responses((status = 200, body = slotq_store::bookings::Booking)))]
 pub async fn cancel(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -171,7 +171,7 @@ pub async fn cancel(
 }
 
 /// `POST /v1/bookings/{id}/complete`: the visit took place (confirmed, after its start).
-#[utoipa::path(post, path = "/v1/bookings/{id}/complete", params(("id" = String, Path, description = "id (a UUID)")), request_body(content = Option<ChangeBody>, content_type = "application/json"), responses((status = 200, body = slotq_store::bookings::Booking), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/bookings/{id}/complete", params(("id" = String, Path, description = "id (a UUID)")), request_body(content = Option<ChangeBody>, content_type = "application/json"), responses((status = 200, body = slotq_store::bookings::Booking)))]
 pub async fn complete(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -193,7 +193,7 @@ pub async fn complete(
 }
 
 /// `POST /v1/bookings/{id}/no-show`: the patient did not come (confirmed, after its start).
-#[utoipa::path(post, path = "/v1/bookings/{id}/no-show", params(("id" = String, Path, description = "id (a UUID)")), request_body(content = Option<ChangeBody>, content_type = "application/json"), responses((status = 200, body = slotq_store::bookings::Booking), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/bookings/{id}/no-show", params(("id" = String, Path, description = "id (a UUID)")), request_body(content = Option<ChangeBody>, content_type = "application/json"), responses((status = 200, body = slotq_store::bookings::Booking)))]
 pub async fn no_show(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -223,7 +223,7 @@ pub struct RescheduleBody {
 
 /// `POST /v1/bookings/{id}/reschedule {slot_start}` → 202: a request of kind `reschedule`;
 /// the worker moves the booking in one transaction, or changes nothing.
-#[utoipa::path(post, path = "/v1/bookings/{id}/reschedule", params(("id" = String, Path, description = "id (a UUID)"), ("Idempotency-Key" = Option<String>, Header, description = "Stripe-style idempotency key")), request_body = RescheduleBody, responses((status = 202, body = slotq_store::requests::RequestView), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/bookings/{id}/reschedule", params(("id" = String, Path, description = "id (a UUID)"), ("Idempotency-Key" = Option<String>, Header, description = "Stripe-style idempotency key")), request_body = RescheduleBody, responses((status = 202, body = slotq_store::requests::RequestView)))]
 pub async fn reschedule(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -403,7 +403,7 @@ async fn list(
 }
 
 /// `GET /v1/patients/{id}/bookings?status=&from=&to=&limit=&cursor=`.
-#[utoipa::path(get, path = "/v1/patients/{id}/bookings", params(("id" = String, Path, description = "id (a UUID)"), ListQuery), responses((status = 200, body = crate::openapi::BookingPage), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/patients/{id}/bookings", params(("id" = String, Path, description = "id (a UUID)"), ListQuery), responses((status = 200, body = crate::openapi::BookingPage)))]
 pub async fn by_patient(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -418,7 +418,7 @@ pub async fn by_patient(
 }
 
 /// `GET /v1/practitioners/{id}/bookings?status=&from=&to=&limit=&cursor=` (the day sheet).
-#[utoipa::path(get, path = "/v1/practitioners/{id}/bookings", params(("id" = String, Path, description = "id (a UUID)"), ListQuery), responses((status = 200, body = crate::openapi::BookingPage), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/practitioners/{id}/bookings", params(("id" = String, Path, description = "id (a UUID)"), ListQuery), responses((status = 200, body = crate::openapi::BookingPage)))]
 pub async fn by_practitioner(
     State(s): State<AppState>,
     Caller(caller): Caller,

@@ -41,7 +41,7 @@ pub struct ClinicBody {
 }
 
 /// `POST /v1/clinics` → 201.
-#[utoipa::path(post, path = "/v1/clinics", request_body = ClinicBody, responses((status = 201, body = slotq_store::directory::Clinic), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/clinics", request_body = ClinicBody, responses((status = 201, body = slotq_store::directory::Clinic)))]
 pub async fn create_clinic(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -79,7 +79,7 @@ pub async fn create_clinic(
 }
 
 /// `GET /v1/clinics/{id}`.
-#[utoipa::path(get, path = "/v1/clinics/{id}", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_store::directory::Clinic), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/clinics/{id}", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_store::directory::Clinic)))]
 pub async fn get_clinic(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -106,7 +106,7 @@ pub struct PractitionerBody {
 }
 
 /// `POST /v1/clinics/{id}/practitioners` → 201.
-#[utoipa::path(post, path = "/v1/clinics/{id}/practitioners", params(("id" = String, Path, description = "id (a UUID)")), request_body = PractitionerBody, responses((status = 201, body = slotq_store::directory::Practitioner), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/clinics/{id}/practitioners", params(("id" = String, Path, description = "id (a UUID)")), request_body = PractitionerBody, responses((status = 201, body = slotq_store::directory::Practitioner)))]
 pub async fn create_practitioner(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -133,7 +133,7 @@ pub async fn create_practitioner(
 }
 
 /// `GET /v1/practitioners/{id}`.
-#[utoipa::path(get, path = "/v1/practitioners/{id}", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_store::directory::Practitioner), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/practitioners/{id}", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_store::directory::Practitioner)))]
 pub async fn get_practitioner(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -334,7 +334,7 @@ pub struct PutHoursResponse {
 }
 
 /// `PUT /v1/practitioners/{id}/hours`: replaces weekly hours and exceptions.
-#[utoipa::path(put, path = "/v1/practitioners/{id}/hours", params(("id" = String, Path, description = "id (a UUID)")), request_body = HoursBody, responses((status = 200, body = PutHoursResponse), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(put, path = "/v1/practitioners/{id}/hours", params(("id" = String, Path, description = "id (a UUID)")), request_body = HoursBody, responses((status = 200, body = PutHoursResponse)))]
 pub async fn put_hours(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -359,7 +359,7 @@ pub async fn put_hours(
 }
 
 /// `GET /v1/practitioners/{id}/conflicts`: active bookings outside the current hours, open.
-#[utoipa::path(get, path = "/v1/practitioners/{id}/conflicts", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = crate::openapi::ConflictList), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/practitioners/{id}/conflicts", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = crate::openapi::ConflictList)))]
 pub async fn conflicts(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -383,7 +383,7 @@ pub struct ResolveBody {
 
 /// Resolves a conflict: `keep` the booking, or `cancel` it (with a reason). Rescheduling goes
 /// through `POST /v1/bookings/{id}/reschedule` and closes the conflict when it succeeds.
-#[utoipa::path(post, path = "/v1/practitioners/{id}/conflicts/{booking_id}/resolve", params(("id" = String, Path, description = "id (a UUID)"), ("booking_id" = String, Path, description = "id (a UUID)")), request_body = ResolveBody, responses((status = 200, body = crate::openapi::Resolution), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/practitioners/{id}/conflicts/{booking_id}/resolve", params(("id" = String, Path, description = "id (a UUID)"), ("booking_id" = String, Path, description = "id (a UUID)")), request_body = ResolveBody, responses((status = 200, body = crate::openapi::Resolution)))]
 pub async fn resolve_conflict(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -425,7 +425,7 @@ pub async fn resolve_conflict(
 }
 
 /// `GET /v1/practitioners/{id}/hours`.
-#[utoipa::path(get, path = "/v1/practitioners/{id}/hours", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = HoursBody), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/practitioners/{id}/hours", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = HoursBody)))]
 pub async fn get_hours(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -454,7 +454,7 @@ pub struct PatientBody {
 }
 
 /// `POST /v1/patients` → 201; a registered e-mail → 409.
-#[utoipa::path(post, path = "/v1/patients", request_body = PatientBody, responses((status = 201, body = slotq_store::directory::Patient), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/patients", request_body = PatientBody, responses((status = 201, body = slotq_store::directory::Patient)))]
 pub async fn create_patient(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -483,7 +483,7 @@ pub async fn create_patient(
 }
 
 /// `GET /v1/patients/{id}`.
-#[utoipa::path(get, path = "/v1/patients/{id}", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_store::directory::Patient), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/patients/{id}", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = slotq_store::directory::Patient)))]
 pub async fn get_patient(
     State(s): State<AppState>,
     Caller(caller): Caller,

@@ -40,7 +40,7 @@ pub struct CreateBody {
 }
 
 /// `POST /v1/webhook-subscriptions` → 201 with the secret (shown once).
-#[utoipa::path(post, path = "/v1/webhook-subscriptions", operation_id = "create_webhook_subscription", request_body = CreateBody, responses((status = 201, description = "the subscription with its signing secret (shown once)", body = crate::openapi::SubscriptionCreated), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/webhook-subscriptions", operation_id = "create_webhook_subscription", request_body = CreateBody, responses((status = 201, description = "the subscription with its signing secret (shown once)", body = crate::openapi::SubscriptionCreated)))]
 pub async fn create(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -157,7 +157,7 @@ fn limit_and_cursor(
 }
 
 /// `GET /v1/webhook-subscriptions?limit=&cursor=` (oldest first).
-#[utoipa::path(get, path = "/v1/webhook-subscriptions", operation_id = "list_webhook_subscriptions", params(PageQuery), responses((status = 200, body = crate::openapi::SubscriptionPage), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/webhook-subscriptions", operation_id = "list_webhook_subscriptions", params(PageQuery), responses((status = 200, body = crate::openapi::SubscriptionPage)))]
 pub async fn list(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -171,7 +171,7 @@ pub async fn list(
 }
 
 /// `GET /v1/webhook-subscriptions/{id}` (without the secret).
-#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}", operation_id = "get_webhook_subscription", params(("id" = String, Path, description = "subscription id (a UUID)")), responses((status = 200, body = slotq_store::webhooks::Subscription), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}", operation_id = "get_webhook_subscription", params(("id" = String, Path, description = "subscription id (a UUID)")), responses((status = 200, body = slotq_store::webhooks::Subscription)))]
 pub async fn get(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -185,7 +185,7 @@ pub async fn get(
 }
 
 /// `DELETE /v1/webhook-subscriptions/{id}` → 204; its deliveries go with it.
-#[utoipa::path(delete, path = "/v1/webhook-subscriptions/{id}", operation_id = "delete_webhook_subscription", params(("id" = String, Path, description = "subscription id (a UUID)")), responses((status = 204, description = "deleted"), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/v1/webhook-subscriptions/{id}", operation_id = "delete_webhook_subscription", params(("id" = String, Path, description = "subscription id (a UUID)")), responses((status = 204, description = "deleted")))]
 pub async fn delete(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -200,7 +200,7 @@ pub async fn delete(
 }
 
 /// `GET /v1/webhook-subscriptions/{id}/deliveries?status=&limit=&cursor=` (newest first).
-#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}/deliveries", params(("id" = String, Path, description = "subscription id (a UUID)"), ListQuery), operation_id = "list_webhook_deliveries", responses((status = 200, body = crate::openapi::DeliveryPage), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}/deliveries", params(("id" = String, Path, description = "subscription id (a UUID)"), ListQuery), operation_id = "list_webhook_deliveries", responses((status = 200, body = crate::openapi::DeliveryPage)))]
 pub async fn deliveries(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -230,7 +230,7 @@ pub async fn deliveries(
 
 /// `GET /v1/webhook-subscriptions/{id}/deliveries/{delivery_id}`: the delivery and every
 /// attempt (`history`).
-#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}", operation_id = "get_webhook_delivery", params(("id" = String, Path, description = "subscription id (a UUID)"), ("delivery_id" = String, Path, description = "delivery id (a UUID)")), responses((status = 200, body = crate::openapi::DeliveryDetail), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}", operation_id = "get_webhook_delivery", params(("id" = String, Path, description = "subscription id (a UUID)"), ("delivery_id" = String, Path, description = "delivery id (a UUID)")), responses((status = 200, body = crate::openapi::DeliveryDetail)))]
 pub async fn delivery(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -248,7 +248,7 @@ pub async fn delivery(
 
 /// `POST /v1/webhook-subscriptions/{id}/deliveries/{delivery_id}/redeliver` → 202: a
 /// dead-lettered delivery is due again at once, with a fresh retry window.
-#[utoipa::path(post, path = "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}/redeliver", params(("id" = String, Path, description = "subscription id (a UUID)"), ("delivery_id" = String, Path, description = "delivery id (a UUID)")), operation_id = "redeliver_webhook_delivery", responses((status = 202, body = slotq_store::webhooks::Delivery), (status = "default", description = "A problem (RFC 9457)", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}/redeliver", params(("id" = String, Path, description = "subscription id (a UUID)"), ("delivery_id" = String, Path, description = "delivery id (a UUID)")), operation_id = "redeliver_webhook_delivery", responses((status = 202, body = slotq_store::webhooks::Delivery)))]
 pub async fn redeliver(
     State(s): State<AppState>,
     Caller(caller): Caller,
