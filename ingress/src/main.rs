@@ -1,5 +1,6 @@
 //! `slotq-ingress [serve|migrate|token --role <role> --sub <sub> [--patient-id ID] [--clinic-id ID] [--ttl-secs N]]`.
 
+use clap::{Arg, Command};
 use slotq_runtime::config::{Config, EXIT_CONFIG, Role};
 
 #[global_allocator]
@@ -7,16 +8,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
-    slotq_runtime::process::help_if_asked(
-        "usage: slotq-ingress [serve|migrate|token ...]
-
-  serve    (default) the public HTTP API on HTTP_ADDR, /metrics on ADMIN_ADDR
-  migrate  apply the database migrations and exit
-  token    mint a JWT for development (slotq-ingress token --help)
-
-Configured by environment variables (README: Configuration): DATABASE_URL, REDIS_URL,
-HTTP_ADDR, ADMIN_ADDR, JWT_HS256_SECRET, ... Exit status 64 for a configuration error.",
-    );
+    let args = slotq_runtime::process::parse_args(cli());
     let config = match Config::from_env(Role::Ingress) {
         Ok(c) => c,
         Err(e) => {
@@ -25,21 +17,17 @@ HTTP_ADDR, ADMIN_ADDR, JWT_HS256_SECRET, ... Exit status 64 for a configuration 
         }
     };
     slotq_runtime::telemetry::init(config.log_format);
-    let command = std::env::args().nth(1).unwrap_or_else(|| "serve".into());
-    let result = match command.as_str() {
-        "serve" => run(config).await,
-        "migrate" => slotq_runtime::process::migrate(&config).await,
-        "token" => {
-            if let Err(e) = token(&config, std::env::args().skip(2).collect()) {
+    let result = match args.subcommand() {
+        None | Some(("serve", _)) => run(config).await,
+        Some(("token", t)) => {
+            if let Err(e) = token(&config, t) {
                 eprintln!("slotq-ingress token: {e}");
                 std::process::exit(EXIT_CONFIG);
             }
             return;
         }
-        other => {
-            eprintln!("slotq-ingress: unknown command {other:?}; expected serve, migrate or token");
-            std::process::exit(EXIT_CONFIG);
-        }
+        // clap accepts no other subcommand.
+        Some(_) => slotq_runtime::process::migrate(&config).await,
     };
     if let Err(e) = result {
         tracing::error!(error = ?e, "slotq-ingress failed");
@@ -47,43 +35,76 @@ HTTP_ADDR, ADMIN_ADDR, JWT_HS256_SECRET, ... Exit status 64 for a configuration 
     }
 }
 
+/// The command line: `serve` (default), `migrate`, `token`.
+fn cli() -> Command {
+    Command::new("slotq-ingress")
+        .about("slotq's public HTTP API")
+        .override_usage("slotq-ingress [serve|migrate|token ...]")
+        .subcommand(
+            Command::new("serve")
+                .about("(default) the public HTTP API on HTTP_ADDR, /metrics on ADMIN_ADDR"),
+        )
+        .subcommand(Command::new("migrate").about("apply the database migrations and exit"))
+        .subcommand(
+            Command::new("token")
+                .about("mint a JWT for development (slotq-ingress token --help)")
+                .override_usage(
+                    "slotq-ingress token --role patient|clinic_admin|ops|service --sub <sub> \
+                     [--patient-id <uuid>] [--clinic-id <uuid>] [--ttl-secs <n>]",
+                )
+                .arg(
+                    Arg::new("role")
+                        .long("role")
+                        .required(true)
+                        .value_parser(["patient", "clinic_admin", "ops", "service"])
+                        .help("the caller's role"),
+                )
+                .arg(
+                    Arg::new("sub")
+                        .long("sub")
+                        .required(true)
+                        .help("the token's subject"),
+                )
+                .arg(
+                    Arg::new("patient-id")
+                        .long("patient-id")
+                        .value_parser(|s: &str| s.parse::<uuid::Uuid>())
+                        .help("required for patient"),
+                )
+                .arg(
+                    Arg::new("clinic-id")
+                        .long("clinic-id")
+                        .value_parser(|s: &str| s.parse::<uuid::Uuid>())
+                        .help("required for clinic_admin"),
+                )
+                .arg(
+                    Arg::new("ttl-secs")
+                        .long("ttl-secs")
+                        .value_parser(clap::value_parser!(u64))
+                        .default_value("3600")
+                        .help("lifetime in seconds"),
+                )
+                .after_help(
+                    "--patient-id is required for patient, --clinic-id for clinic_admin; \
+                     --ttl-secs defaults to 3600",
+                ),
+        )
+}
+
 /// Prints an HS256 token signed with `JWT_HS256_SECRET` (development, tests, scripts).
-fn token(config: &Config, args: Vec<String>) -> anyhow::Result<()> {
+fn token(config: &Config, args: &clap::ArgMatches) -> anyhow::Result<()> {
     use slotq_security::auth::{Role as R, claims, mint_hs256};
-    let usage = "usage: slotq-ingress token --role patient|clinic_admin|ops|service --sub <sub> \
-                 [--patient-id <uuid>] [--clinic-id <uuid>] [--ttl-secs <n>]\n  \
-                 --patient-id is required for patient, --clinic-id for clinic_admin; \
-                 --ttl-secs defaults to 3600";
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("{usage}");
-        return Ok(());
-    }
-    let mut it = args.into_iter();
-    let (mut role, mut sub, mut patient, mut clinic, mut ttl) = (None, None, None, None, 3600u64);
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value\n{usage}"))?;
-        match flag.as_str() {
-            "--role" => {
-                role = Some(match value.as_str() {
-                    "patient" => R::Patient,
-                    "clinic_admin" => R::ClinicAdmin,
-                    "ops" => R::Ops,
-                    "service" => R::Service,
-                    other => anyhow::bail!("unknown role {other:?}\n{usage}"),
-                })
-            }
-            "--sub" => sub = Some(value),
-            "--patient-id" => patient = Some(value.parse()?),
-            "--clinic-id" => clinic = Some(value.parse()?),
-            "--ttl-secs" => ttl = value.parse()?,
-            other => anyhow::bail!("unknown flag {other:?}\n{usage}"),
-        }
-    }
-    let (Some(role), Some(sub)) = (role, sub) else {
-        anyhow::bail!("{usage}")
+    let usage = "see slotq-ingress token --help";
+    let role = match args.get_one::<String>("role").map(String::as_str) {
+        Some("patient") => R::Patient,
+        Some("clinic_admin") => R::ClinicAdmin,
+        Some("ops") => R::Ops,
+        _ => R::Service,
     };
+    let sub = args.get_one::<String>("sub").cloned().unwrap_or_default();
+    let patient = args.get_one::<uuid::Uuid>("patient-id").copied();
+    let clinic = args.get_one::<uuid::Uuid>("clinic-id").copied();
+    let ttl = args.get_one::<u64>("ttl-secs").copied().unwrap_or(3600);
     // The server refuses these tokens; say so now rather than print one.
     match (role, patient, clinic) {
         (R::Patient, None, _) => anyhow::bail!("a patient token needs --patient-id\n{usage}"),

@@ -94,34 +94,51 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// With `--help`, `-h` or `help` as the first argument: prints `usage` and exits 0 (before any
-/// configuration is read, so it works without one).
-pub fn help_if_asked(usage: &str) {
-    if matches!(
-        std::env::args().nth(1).as_deref(),
-        Some("--help" | "-h" | "help")
-    ) {
-        println!("{}", usage.trim_end());
-        std::process::exit(0);
+/// What every binary's `--help` ends with.
+pub const CONFIGURED_BY: &str = "Configured by environment variables (README: Configuration): DATABASE_URL, REDIS_URL,\nADMIN_ADDR, ... Exit status 64 for a configuration error.";
+
+/// Parses the command line with clap, before any configuration is read (so `--help` works
+/// without one): `--help`, `-h` and `help` print the usage and exit 0; a command line clap
+/// refuses is reported and exits 64, like bad configuration.
+pub fn parse_args(command: clap::Command) -> clap::ArgMatches {
+    const TEMPLATE: &str = "usage: {usage}\n\n{about}\n\n{all-args}{after-help}";
+    let command = command
+        .help_template(TEMPLATE)
+        .after_help(CONFIGURED_BY)
+        .mut_subcommands(|c| c.help_template(TEMPLATE));
+    match command.try_get_matches() {
+        Ok(m) => m,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let _ = e.print();
+            let help = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+            std::process::exit(if help { 0 } else { EXIT_CONFIG });
+        }
     }
 }
 
-/// `main` of a background service: `<name> [run|migrate|--help]`. Bad configuration exits 64;
+/// `main` of a background service: `<name> [run|migrate|help]`. Bad configuration exits 64;
 /// SIGTERM or Ctrl-C fires the [`Shutdown`] given to `run` and logs `stopping`. `about` says
 /// what `run` does, for `--help`.
 pub async fn service_main<F, Fut>(
     role: Role,
-    name: &str,
-    about: &str,
+    name: &'static str,
+    about: &'static str,
     stopping: &'static str,
     run: F,
 ) where
     F: FnOnce(Config, Shutdown) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    help_if_asked(&format!(
-        "usage: {name} [run|migrate]\n\n  run      (default) {about}\n  migrate  apply the database migrations and exit\n\nConfigured by environment variables (README: Configuration): DATABASE_URL, REDIS_URL,\nADMIN_ADDR, ... Exit status 64 for a configuration error."
-    ));
+    let args = parse_args(
+        clap::Command::new(name)
+            .about(about)
+            .override_usage(format!("{name} [run|migrate]"))
+            .subcommand(clap::Command::new("run").about(format!("(default) {about}")))
+            .subcommand(
+                clap::Command::new("migrate").about("apply the database migrations and exit"),
+            ),
+    );
     let config = match Config::from_env(role) {
         Ok(c) => c,
         Err(e) => {
@@ -130,7 +147,7 @@ pub async fn service_main<F, Fut>(
         }
     };
     crate::telemetry::init(config.log_format);
-    let result = match std::env::args().nth(1).as_deref() {
+    let result = match args.subcommand_name() {
         None | Some("run") => {
             let (trigger, stop) = shutdown::channel();
             tokio::spawn(async move {
@@ -140,11 +157,8 @@ pub async fn service_main<F, Fut>(
             });
             run(config, stop).await
         }
-        Some("migrate") => migrate(&config).await,
-        Some(other) => {
-            eprintln!("{name}: unknown command {other:?}; expected run or migrate");
-            std::process::exit(EXIT_CONFIG);
-        }
+        // clap accepts no other subcommand.
+        Some(_) => migrate(&config).await,
     };
     if let Err(e) = result {
         tracing::error!(error = ?e, "{name} failed");
