@@ -195,7 +195,7 @@ pub struct Verifier {
     hs256: Option<DecodingKey>,
     jwks: Mutex<Jwks>,
     http: reqwest::Client,
-    verified: moka::sync::Cache<String, Verified>,
+    verified: Mutex<HashMap<String, Verified>>,
 }
 
 /// A token that passed every check, remembered so the next request with the same token (a
@@ -204,11 +204,11 @@ pub struct Verifier {
 /// What depends on the clock (`exp`, `nbf`) is checked again on every use, and an entry is
 /// dropped after [`VERIFIED_FOR`], so a key removed from the JWKS is honoured no longer than
 /// that beyond what the JWKS cache already allows.
-#[derive(Clone)]
 struct Verified {
     principal: Principal,
     exp: i64,
     nbf: Option<i64>,
+    at: std::time::Instant,
 }
 
 /// How long a verified token is remembered.
@@ -233,10 +233,7 @@ impl Verifier {
                 loaded: None,
             }),
             http: reqwest::Client::new(),
-            verified: moka::sync::Cache::builder()
-                .max_capacity(VERIFIED_MAX as u64)
-                .time_to_live(VERIFIED_FOR)
-                .build(),
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
@@ -282,17 +279,29 @@ impl Verifier {
 
     /// Verifies a token.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        if let Some(v) = self.verified.get(token) {
-            self.check_times(v.exp, v.nbf)?;
-            return Ok(v.principal);
+        let remembered = {
+            let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            verified
+                .get(token)
+                .filter(|v| v.at.elapsed() < VERIFIED_FOR)
+                .map(|v| (v.principal.clone(), v.exp, v.nbf))
+        };
+        if let Some((principal, exp, nbf)) = remembered {
+            self.check_times(exp, nbf)?;
+            return Ok(principal);
         }
         let (principal, exp, nbf) = self.verify_fully(token).await?;
-        self.verified.insert(
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= VERIFIED_MAX {
+            verified.clear();
+        }
+        verified.insert(
             token.to_owned(),
             Verified {
                 principal: principal.clone(),
                 exp,
                 nbf,
+                at: std::time::Instant::now(),
             },
         );
         Ok(principal)

@@ -3,42 +3,58 @@
 //!
 //! Ingress never locks anything in PostgreSQL; these plain reads are cached briefly so a storm
 //! on one slot costs one query, not thousands. Staleness is harmless there: the workers decide
-//! again. The workers use the same caches for their batches (most batches then read nothing): a stale
-//! schedule cannot decide a hold either, because every batch checks under the hours locks that each practitioner's `hours_changed_at` is the one
-//! its schedule was read with (`holds::commit_batch`), and on a change the batch forgets
+//! again. The workers use the same caches for their batches (most batches then read nothing): a stale schedule cannot decide a hold either, because every
+//! batch checks under the hours locks that each practitioner's `hours_changed_at` is the one
+//! its schedule was read with (`db::holds::commit_batch`), and on a change the batch forgets
 //! its practitioners' schedules and is decided again. Patients are never deleted, and only
 //! their existence is cached.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
-    time::Duration,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
-use moka::sync::Cache;
-use sqlx::PgPool;
-
 use crate::directory::{PractitionerSchedule, existing_patients, load_schedules};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 const SCHEDULE_TTL: Duration = Duration::from_secs(5);
 const PATIENT_TTL: Duration = Duration::from_secs(300);
-/// Entries per cache; past it moka evicts the least useful ones (not everything at once).
-const MAX_ENTRIES: u64 = 100_000;
+const MAX_ENTRIES: usize = 100_000;
+
+struct Entry<V> {
+    at: Instant,
+    value: V,
+}
 
 /// Cached look-ups.
 #[derive(Clone)]
 pub struct Lookup {
     pool: PgPool,
-    schedules: Cache<Uuid, Arc<PractitionerSchedule>>,
-    patients: Cache<Uuid, ()>,
+    schedules: Arc<Mutex<HashMap<Uuid, Entry<Arc<PractitionerSchedule>>>>>,
+    patients: Arc<Mutex<HashMap<Uuid, Entry<()>>>>,
 }
 
-fn cache<V: Clone + Send + Sync + 'static>(ttl: Duration) -> Cache<Uuid, V> {
-    Cache::builder()
-        .max_capacity(MAX_ENTRIES)
-        .time_to_live(ttl)
-        .build()
+fn fresh<V: Clone>(map: &Mutex<HashMap<Uuid, Entry<V>>>, id: Uuid, ttl: Duration) -> Option<V> {
+    let map = map.lock().unwrap_or_else(|p| p.into_inner());
+    map.get(&id)
+        .filter(|e| e.at.elapsed() < ttl)
+        .map(|e| e.value.clone())
+}
+
+fn store<V>(map: &Mutex<HashMap<Uuid, Entry<V>>>, id: Uuid, value: V) {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= MAX_ENTRIES {
+        map.clear(); // crude but bounded; a cache, not a store
+    }
+    map.insert(
+        id,
+        Entry {
+            at: Instant::now(),
+            value,
+        },
+    );
 }
 
 impl Lookup {
@@ -46,8 +62,8 @@ impl Lookup {
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
-            schedules: cache(SCHEDULE_TTL),
-            patients: cache(PATIENT_TTL),
+            schedules: Arc::default(),
+            patients: Arc::default(),
         }
     }
 
@@ -56,14 +72,14 @@ impl Lookup {
         &self,
         id: Uuid,
     ) -> Result<Option<Arc<PractitionerSchedule>>, sqlx::Error> {
-        if let Some(s) = self.schedules.get(&id) {
+        if let Some(s) = fresh(&self.schedules, id, SCHEDULE_TTL) {
             return Ok(Some(s));
         }
         let Some(s) = load_schedules(&self.pool, &[id]).await?.remove(&id) else {
             return Ok(None);
         };
         let s = Arc::new(s);
-        self.schedules.insert(id, s.clone());
+        store(&self.schedules, id, s.clone());
         Ok(Some(s))
     }
 
@@ -75,7 +91,7 @@ impl Lookup {
         let mut out = HashMap::with_capacity(ids.len());
         let mut missing = Vec::new();
         for id in ids {
-            match self.schedules.get(id) {
+            match fresh(&self.schedules, *id, SCHEDULE_TTL) {
                 Some(s) => {
                     out.insert(*id, s);
                 }
@@ -85,7 +101,7 @@ impl Lookup {
         if !missing.is_empty() {
             for (id, s) in load_schedules(&self.pool, &missing).await? {
                 let s = Arc::new(s);
-                self.schedules.insert(id, s.clone());
+                store(&self.schedules, id, s.clone());
                 out.insert(id, s);
             }
         }
@@ -95,7 +111,10 @@ impl Lookup {
     /// Forgets a practitioner's schedule (after this process changed it, or a batch found it
     /// changed).
     pub fn forget_schedule(&self, id: Uuid) {
-        self.schedules.invalidate(&id);
+        self.schedules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     /// Whether the patient exists. Only positive answers are cached: a patient created a
@@ -109,7 +128,7 @@ impl Lookup {
         let mut known = HashSet::with_capacity(ids.len());
         let mut missing = Vec::new();
         for id in ids {
-            if self.patients.contains_key(id) {
+            if fresh(&self.patients, *id, PATIENT_TTL).is_some() {
                 known.insert(*id);
             } else {
                 missing.push(*id);
@@ -117,7 +136,7 @@ impl Lookup {
         }
         if !missing.is_empty() {
             for id in existing_patients(&self.pool, &missing).await?.into_keys() {
-                self.patients.insert(id, ());
+                store(&self.patients, id, ());
                 known.insert(id);
             }
         }
