@@ -4,13 +4,16 @@
 
 use axum::{Json, extract::State, response::IntoResponse};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use slotq_domain::fields::CountryCode;
 use slotq_redis::availability;
 use slotq_store::directory;
 use uuid::Uuid;
 
 use super::bookings::{not_a_cursor, parse_instant, parse_upper_bound};
+use crate::views::{
+    Availability, AvailabilityDay, FoundSlot, FreeSlot, PractitionerList, RebuildResult, SlotPage,
+};
 use crate::{
     AppState,
     auth::{Action, Caller, authorize, clinic_of},
@@ -36,21 +39,9 @@ pub struct AvailabilityQuery {
     days: Option<i64>,
 }
 
-#[derive(Serialize)]
-struct Slot {
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-}
-
-#[derive(Serialize)]
-struct Day {
-    date: NaiveDate,
-    slots: Vec<Slot>,
-}
-
 /// `GET /v1/practitioners/{id}/availability?from=&days=`: free slots grouped by local day
 /// (the clinic's time zone), `days` ≤ 31 (default 7), `from` defaults to today.
-#[utoipa::path(get, path = "/v1/practitioners/{id}/availability", params(("id" = String, Path, description = "id (a UUID)"), AvailabilityQuery), responses((status = 200, body = crate::openapi::Availability)))]
+#[utoipa::path(get, path = "/v1/practitioners/{id}/availability", params(("id" = String, Path, description = "id (a UUID)"), AvailabilityQuery), responses((status = 200, body = crate::views::Availability)))]
 pub async fn availability(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -123,31 +114,31 @@ pub async fn availability(
     let pairs: Vec<(Uuid, NaiveDate)> = utc_days.iter().map(|d| (id, *d)).collect();
     let taken = availability::taken(&s.pool, &s.fast, &pairs).await?;
     let len = Duration::minutes(i64::from(p.schedule.slot_minutes));
-    let days: Vec<Day> = per_day
+    let days: Vec<AvailabilityDay> = per_day
         .into_iter()
-        .map(|(date, slots)| Day {
+        .map(|(date, slots)| AvailabilityDay {
             date,
             slots: slots
                 .into_iter()
                 .filter(|t| !taken.is_taken(id, *t))
-                .map(|start| Slot {
+                .map(|start| FreeSlot {
                     start,
                     end: start + len,
                 })
                 .collect(),
         })
         .collect();
-    Ok(Json(serde_json::json!({
-        "practitioner_id": id,
-        "timezone": tz.name(),
-        "slot_minutes": p.schedule.slot_minutes,
-        "days": days,
-    })))
+    Ok(Json(Availability {
+        practitioner_id: id,
+        timezone: tz.name().to_owned(),
+        slot_minutes: p.schedule.slot_minutes,
+        days,
+    }))
 }
 
 /// `POST /v1/practitioners/{id}/availability/rebuild`: rebuilds the bitmaps of the booking
 /// horizon from PostgreSQL (ops; normally a miss rebuilds on its own).
-#[utoipa::path(post, path = "/v1/practitioners/{id}/availability/rebuild", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = crate::openapi::RebuildResult)))]
+#[utoipa::path(post, path = "/v1/practitioners/{id}/availability/rebuild", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = crate::views::RebuildResult)))]
 pub async fn rebuild(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -163,9 +154,10 @@ pub async fn rebuild(
         .take(s.config.booking_horizon_days as usize + 2)
         .collect();
     let rebuilt = availability::rebuild_days(&s.pool, &s.fast, id, &days).await?;
-    Ok(Json(
-        serde_json::json!({ "practitioner_id": id, "days_rebuilt": rebuilt }),
-    ))
+    Ok(Json(RebuildResult {
+        practitioner_id: id,
+        days_rebuilt: rebuilt,
+    }))
 }
 
 /// `GET /v1/slots` parameters.
@@ -186,21 +178,12 @@ pub struct SearchQuery {
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
-struct FoundSlot {
-    practitioner_id: Uuid,
-    clinic_id: Uuid,
-    specialty: String,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-}
-
 const MAX_PRACTITIONERS: i64 = 5_000;
 
 /// `GET /v1/slots?specialty=&clinic_id=&country=&from=&to=&limit=&cursor=`: free slots across
 /// practitioners, earliest first (ties by practitioner id), cursor-paginated. `from` defaults
 /// to now, `to` to `from` + 7 days (at most 31 days), `limit` to 20 (at most 100).
-#[utoipa::path(get, path = "/v1/slots", params(SearchQuery), responses((status = 200, body = crate::openapi::SlotPage)))]
+#[utoipa::path(get, path = "/v1/slots", params(SearchQuery), responses((status = 200, body = crate::views::SlotPage)))]
 pub async fn search(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -311,9 +294,10 @@ pub async fn search(
     let (found, next_cursor) = super::page(found, limit, |f| {
         format!("{}_{}", f.start.timestamp(), f.practitioner_id)
     });
-    Ok(Json(
-        serde_json::json!({ "items": found, "next_cursor": next_cursor }),
-    ))
+    Ok(Json(SlotPage {
+        items: found,
+        next_cursor,
+    }))
 }
 
 fn parse_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
@@ -337,7 +321,7 @@ pub struct PractitionerQuery {
 }
 
 /// `GET /v1/practitioners?specialty=&clinic_id=&country=&limit=`.
-#[utoipa::path(get, path = "/v1/practitioners", params(PractitionerQuery), responses((status = 200, body = crate::openapi::PractitionerList)))]
+#[utoipa::path(get, path = "/v1/practitioners", params(PractitionerQuery), responses((status = 200, body = crate::views::PractitionerList)))]
 pub async fn practitioners(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -369,5 +353,5 @@ pub async fn practitioners(
         limit,
     )
     .await?;
-    Ok(Json(serde_json::json!({ "items": items })))
+    Ok(Json(PractitionerList { items }))
 }

@@ -64,7 +64,7 @@ async fn load(
 }
 
 /// `GET /v1/bookings/{id}/audit`: the booking's status history (ops, its clinic, service).
-#[utoipa::path(get, path = "/v1/bookings/{id}/audit", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = crate::openapi::AuditTrail)))]
+#[utoipa::path(get, path = "/v1/bookings/{id}/audit", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = crate::views::AuditTrail)))]
 pub async fn audit(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -72,9 +72,10 @@ pub async fn audit(
 ) -> Result<impl IntoResponse, ApiError> {
     load(&s, &caller, id, Access::Audit).await?;
     let items = slotq_store::events::audit_trail(&s.pool, id).await?;
-    Ok(Json(
-        serde_json::json!({ "booking_id": id, "items": items }),
-    ))
+    Ok(Json(crate::views::AuditTrail {
+        booking_id: id,
+        items,
+    }))
 }
 
 /// Optional body of cancel / complete / no-show. Who did it is the caller (audit log).
@@ -397,13 +398,11 @@ async fn list(
     };
     let items = bookings::list(&s.pool, owner, &probe).await?;
     let (items, next_cursor) = super::page(items, f.limit as usize, cursor_of);
-    Ok(Json(
-        serde_json::json!({ "items": items, "next_cursor": next_cursor }),
-    ))
+    Ok(Json(crate::views::BookingPage { items, next_cursor }))
 }
 
 /// `GET /v1/patients/{id}/bookings?status=&from=&to=&limit=&cursor=`.
-#[utoipa::path(get, path = "/v1/patients/{id}/bookings", params(("id" = String, Path, description = "id (a UUID)"), ListQuery), responses((status = 200, body = crate::openapi::BookingPage)))]
+#[utoipa::path(get, path = "/v1/patients/{id}/bookings", params(("id" = String, Path, description = "id (a UUID)"), ListQuery), responses((status = 200, body = crate::views::BookingPage)))]
 pub async fn by_patient(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -418,7 +417,7 @@ pub async fn by_patient(
 }
 
 /// `GET /v1/practitioners/{id}/bookings?status=&from=&to=&limit=&cursor=` (the day sheet).
-#[utoipa::path(get, path = "/v1/practitioners/{id}/bookings", params(("id" = String, Path, description = "id (a UUID)"), ListQuery), responses((status = 200, body = crate::openapi::BookingPage)))]
+#[utoipa::path(get, path = "/v1/practitioners/{id}/bookings", params(("id" = String, Path, description = "id (a UUID)"), ListQuery), responses((status = 200, body = crate::views::BookingPage)))]
 pub async fn by_practitioner(
     State(s): State<AppState>,
     Caller(caller): Caller,

@@ -359,7 +359,7 @@ pub async fn put_hours(
 }
 
 /// `GET /v1/practitioners/{id}/conflicts`: active bookings outside the current hours, open.
-#[utoipa::path(get, path = "/v1/practitioners/{id}/conflicts", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = crate::openapi::ConflictList)))]
+#[utoipa::path(get, path = "/v1/practitioners/{id}/conflicts", params(("id" = String, Path, description = "id (a UUID)")), responses((status = 200, body = crate::views::ConflictList)))]
 pub async fn conflicts(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -370,7 +370,7 @@ pub async fn conflicts(
         return Err(ApiError::not_found("practitioner", id));
     }
     let items = slotq_store::conflicts::open(&s.pool, id).await?;
-    Ok(Json(serde_json::json!({ "items": items })))
+    Ok(Json(crate::views::ConflictList { items }))
 }
 
 /// `POST /v1/practitioners/{id}/conflicts/{booking_id}/resolve` body.
@@ -383,7 +383,7 @@ pub struct ResolveBody {
 
 /// Resolves a conflict: `keep` the booking, or `cancel` it (with a reason). Rescheduling goes
 /// through `POST /v1/bookings/{id}/reschedule` and closes the conflict when it succeeds.
-#[utoipa::path(post, path = "/v1/practitioners/{id}/conflicts/{booking_id}/resolve", params(("id" = String, Path, description = "id (a UUID)"), ("booking_id" = String, Path, description = "id (a UUID)")), request_body = ResolveBody, responses((status = 200, body = crate::openapi::Resolution)))]
+#[utoipa::path(post, path = "/v1/practitioners/{id}/conflicts/{booking_id}/resolve", params(("id" = String, Path, description = "id (a UUID)"), ("booking_id" = String, Path, description = "id (a UUID)")), request_body = ResolveBody, responses((status = 200, body = crate::views::Resolution)))]
 pub async fn resolve_conflict(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -403,18 +403,20 @@ pub async fn resolve_conflict(
     match b.action.as_str() {
         "keep" => {
             slotq_store::conflicts::keep(&s.pool, pid, bid).await?;
-            Ok(Json(
-                serde_json::json!({ "booking_id": bid, "resolution": "kept" }),
-            ))
+            Ok(Json(crate::views::Resolution {
+                booking_id: bid,
+                resolution: "kept",
+            }))
         }
         "cancel" => {
             let reason = b.reason.as_deref().unwrap_or("schedule_changed");
             let actor = crate::auth::actor(&caller, None);
             let booking = slotq_store::bookings::cancel(&s.pool, bid, Some(reason), &actor).await?;
             crate::routes::bookings::after_change(&s, &booking).await;
-            Ok(Json(
-                serde_json::json!({ "booking_id": bid, "resolution": "cancelled" }),
-            ))
+            Ok(Json(crate::views::Resolution {
+                booking_id: bid,
+                resolution: "cancelled",
+            }))
         }
         _ => Err(ApiError::invalid_field(
             "action",

@@ -2,7 +2,6 @@
 
 use axum::{Json, extract::State, http::HeaderMap, response::IntoResponse};
 use serde::Deserialize;
-use serde_json::json;
 use slotq_security::payment_signature as signature;
 use slotq_store::{
     bookings::{Actor, TransitionError},
@@ -28,7 +27,7 @@ pub struct WebhookBody {
 }
 
 /// Verifies the signature, then applies the event once (idempotent on its id).
-#[utoipa::path(post, path = "/v1/payments/webhook", security(()), params(("Payment-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"t.body\")>")), request_body = WebhookBody, responses((status = 200, body = crate::openapi::PaymentAnswer)))]
+#[utoipa::path(post, path = "/v1/payments/webhook", security(()), params(("Payment-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"t.body\")>")), request_body = WebhookBody, responses((status = 200, body = crate::views::PaymentAnswer)))]
 pub async fn webhook(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -43,7 +42,7 @@ pub async fn webhook(
     };
     s.metrics.payment_webhooks.with_label_values(&[label]).inc();
     let outcome = result?;
-    Ok(Json(json!({ "outcome": outcome })))
+    Ok(Json(crate::views::PaymentAnswer { outcome }))
 }
 
 async fn handle(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<&'static str, ApiError> {

@@ -12,7 +12,6 @@ use axum::{
     response::IntoResponse,
 };
 use serde::Deserialize;
-use serde_json::json;
 use slotq_domain::events::is_event_type;
 use slotq_domain::events::types::ALL as EVENT_TYPES;
 use slotq_security::webhooks::signature::Secret;
@@ -40,7 +39,7 @@ pub struct CreateBody {
 }
 
 /// `POST /v1/webhook-subscriptions` → 201 with the secret (shown once).
-#[utoipa::path(post, path = "/v1/webhook-subscriptions", operation_id = "create_webhook_subscription", request_body = CreateBody, responses((status = 201, description = "the subscription with its signing secret (shown once)", body = crate::openapi::SubscriptionCreated)))]
+#[utoipa::path(post, path = "/v1/webhook-subscriptions", operation_id = "create_webhook_subscription", request_body = CreateBody, responses((status = 201, description = "the subscription with its signing secret (shown once)", body = crate::views::SubscriptionCreated)))]
 pub async fn create(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -91,14 +90,14 @@ pub async fn create(
     let sub =
         webhooks::insert_subscription(&s.pool, Uuid::now_v7(), url.as_str(), &events, &secret)
             .await?;
-    let mut body = serde_json::to_value(&sub).map_err(anyhow::Error::from)?;
-    body["secret"] = json!(secret);
+    let id = sub.id;
+    let body = crate::views::SubscriptionCreated {
+        subscription: sub,
+        secret,
+    };
     Ok((
         StatusCode::CREATED,
-        [(
-            header::LOCATION,
-            format!("/v1/webhook-subscriptions/{}", sub.id),
-        )],
+        [(header::LOCATION, format!("/v1/webhook-subscriptions/{id}"))],
         Json(body),
     ))
 }
@@ -157,7 +156,7 @@ fn limit_and_cursor(
 }
 
 /// `GET /v1/webhook-subscriptions?limit=&cursor=` (oldest first).
-#[utoipa::path(get, path = "/v1/webhook-subscriptions", operation_id = "list_webhook_subscriptions", params(PageQuery), responses((status = 200, body = crate::openapi::SubscriptionPage)))]
+#[utoipa::path(get, path = "/v1/webhook-subscriptions", operation_id = "list_webhook_subscriptions", params(PageQuery), responses((status = 200, body = crate::views::SubscriptionPage)))]
 pub async fn list(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -167,7 +166,7 @@ pub async fn list(
     let (limit, after) = limit_and_cursor(q.limit, q.cursor.as_deref())?;
     let items = webhooks::list_subscriptions(&s.pool, after, limit + 1).await?;
     let (items, next_cursor) = super::page(items, limit as usize, |i| i.id);
-    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+    Ok(Json(crate::views::SubscriptionPage { items, next_cursor }))
 }
 
 /// `GET /v1/webhook-subscriptions/{id}` (without the secret).
@@ -200,7 +199,7 @@ pub async fn delete(
 }
 
 /// `GET /v1/webhook-subscriptions/{id}/deliveries?status=&limit=&cursor=` (newest first).
-#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}/deliveries", params(("id" = String, Path, description = "subscription id (a UUID)"), ListQuery), operation_id = "list_webhook_deliveries", responses((status = 200, body = crate::openapi::DeliveryPage)))]
+#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}/deliveries", params(("id" = String, Path, description = "subscription id (a UUID)"), ListQuery), operation_id = "list_webhook_deliveries", responses((status = 200, body = crate::views::DeliveryPage)))]
 pub async fn deliveries(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -225,12 +224,12 @@ pub async fn deliveries(
     }
     let items = webhooks::list_deliveries(&s.pool, id, status, before, limit + 1).await?;
     let (items, next_cursor) = super::page(items, limit as usize, |i| i.id);
-    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+    Ok(Json(crate::views::DeliveryPage { items, next_cursor }))
 }
 
 /// `GET /v1/webhook-subscriptions/{id}/deliveries/{delivery_id}`: the delivery and every
 /// attempt (`history`).
-#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}", operation_id = "get_webhook_delivery", params(("id" = String, Path, description = "subscription id (a UUID)"), ("delivery_id" = String, Path, description = "delivery id (a UUID)")), responses((status = 200, body = crate::openapi::DeliveryDetail)))]
+#[utoipa::path(get, path = "/v1/webhook-subscriptions/{id}/deliveries/{delivery_id}", operation_id = "get_webhook_delivery", params(("id" = String, Path, description = "subscription id (a UUID)"), ("delivery_id" = String, Path, description = "delivery id (a UUID)")), responses((status = 200, body = crate::views::DeliveryDetail)))]
 pub async fn delivery(
     State(s): State<AppState>,
     Caller(caller): Caller,
@@ -241,9 +240,10 @@ pub async fn delivery(
         .await?
         .ok_or_else(|| ApiError::not_found("delivery", id))?;
     let history = webhooks::attempts(&s.pool, id).await?;
-    let mut body = serde_json::to_value(&d).map_err(anyhow::Error::from)?;
-    body["history"] = serde_json::to_value(history).map_err(anyhow::Error::from)?;
-    Ok(Json(body))
+    Ok(Json(crate::views::DeliveryDetail {
+        delivery: d,
+        history,
+    }))
 }
 
 /// `POST /v1/webhook-subscriptions/{id}/deliveries/{delivery_id}/redeliver` → 202: a
