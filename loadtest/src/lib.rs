@@ -396,6 +396,13 @@ async fn machine(pool: &sqlx::PgPool) -> Machine {
 
 /// The command line: parses, runs, prints the table, writes the JSON; returns the exit status.
 pub async fn main_with(args: &[String], vars: &HashMap<String, String>) -> i32 {
+    if args
+        .iter()
+        .any(|a| a == "-h" || a == "--help" || a == "help")
+    {
+        println!("{}", options::command().render_help());
+        return 0;
+    }
     let settings = match Settings::parse(args, vars) {
         Ok(s) => s,
         Err(e) => {

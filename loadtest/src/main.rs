@@ -1,4 +1,4 @@
-//! `slotq-loadtest <scenario>… [options]`: see `slotq_loadtest::options::USAGE`.
+//! `slotq-loadtest <scenario>… [options]`: see `slotq-loadtest --help` (`slotq_loadtest::options::command`).
 
 #[tokio::main]
 async fn main() {

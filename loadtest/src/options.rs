@@ -108,34 +108,60 @@ pub struct Settings {
     pub strict: bool,
 }
 
-/// Usage text.
-pub const USAGE: &str = "\
-usage: slotq-loadtest [all|throughput|baseline|latency|storm|mixed|availability]... [options]
-
-  --url URL                 ingress (env SLOTQ_URL, default http://127.0.0.1:8080)
-  --database-url URL        the stack's database (env DATABASE_URL)
-  --token JWT               service token (env SLOTQ_TOKEN; else minted from JWT_HS256_SECRET)
-  --payment-secret S        webhook secret (env PAYMENT_WEBHOOK_SECRET), for mixed
-  --duration SECS           throughput, baseline, mixed (default 10)
-  --latency-duration SECS   latency (default: --duration)
-  --concurrency N           clients / connections (default 32)
-  --rate R                  latency arrivals per second (default 90)
-  --storm K                 storm requests (default 10000)
-  --storm-concurrency C     storm requests in flight (default 256)
-  --practitioners P         throughput grid (default 200)
-  --search-practitioners S  availability search breadth (default 1000)
-  --availability-requests M requests per availability endpoint (default 200)
-  --mixed-practitioners P   mixed (default 100)
-  --repeat R                baseline/throughput pairs (default 1)
-  --no-full-baseline        skip the baseline writing all four rows per request
-  --json FILE               write every figure as JSON
-  --decision-timeout SECS   default 120
-  --max-expiry-wait SECS    mixed: longest wait for holds to expire (default 60)
-  --seed N                  default 42
-  --strict                  also exit 1 when a target is missed
-
-Exit status: 0 all invariants hold, 1 an invariant failed (or a target with --strict),
-2 usage or set-up error.";
+/// The command line, with clap: options override the environment, which overrides the
+/// defaults (the environment is passed in, so tests need not set the process's).
+pub fn command() -> clap::Command {
+    use clap::{Arg, ArgAction, Command};
+    let value = |name: &'static str, value_name: &'static str, help: &'static str| {
+        Arg::new(name).long(name).value_name(value_name).help(help)
+    };
+    Command::new("slotq-loadtest")
+        .about("Load scenarios against a running slotq and the single-row baseline")
+        .override_usage(
+            "slotq-loadtest [all|throughput|baseline|latency|storm|mixed|availability]... [options]",
+        )
+        .help_template("usage: {usage}\n\n{about}\n\n{all-args}{after-help}")
+        .after_help(
+            "Exit status: 0 all invariants hold, 1 an invariant failed (or a target with --strict),\n2 usage or set-up error.",
+        )
+        .arg(
+            Arg::new("scenarios")
+                .value_name("SCENARIO")
+                .num_args(0..)
+                .help("all, throughput, baseline, latency, storm, mixed, availability"),
+        )
+        .arg(value("url", "URL", "ingress (env SLOTQ_URL, default http://127.0.0.1:8080)"))
+        .arg(value("database-url", "URL", "the stack's database (env DATABASE_URL)"))
+        .arg(value("token", "JWT", "service token (env SLOTQ_TOKEN; else minted from JWT_HS256_SECRET)"))
+        .arg(value("payment-secret", "S", "webhook secret (env PAYMENT_WEBHOOK_SECRET), for mixed"))
+        .arg(value("duration", "SECS", "throughput, baseline, mixed (default 10)"))
+        .arg(value("latency-duration", "SECS", "latency (default: --duration)"))
+        .arg(value("concurrency", "N", "clients / connections (default 32)"))
+        .arg(value("rate", "R", "latency arrivals per second (default 90)"))
+        .arg(value("storm", "K", "storm requests (default 10000)"))
+        .arg(value("storm-concurrency", "C", "storm requests in flight (default 256)"))
+        .arg(value("practitioners", "P", "throughput grid (default 200)"))
+        .arg(value("search-practitioners", "S", "availability search breadth (default 1000)"))
+        .arg(value("availability-requests", "M", "requests per availability endpoint (default 200)"))
+        .arg(value("mixed-practitioners", "P", "mixed (default 100)"))
+        .arg(value("repeat", "R", "baseline/throughput pairs (default 1)"))
+        .arg(
+            Arg::new("no-full-baseline")
+                .long("no-full-baseline")
+                .action(ArgAction::SetTrue)
+                .help("skip the baseline writing all four rows per request"),
+        )
+        .arg(value("json", "FILE", "write every figure as JSON"))
+        .arg(value("decision-timeout", "SECS", "default 120"))
+        .arg(value("max-expiry-wait", "SECS", "mixed: longest wait for holds to expire (default 60)"))
+        .arg(value("seed", "N", "default 42"))
+        .arg(
+            Arg::new("strict")
+                .long("strict")
+                .action(ArgAction::SetTrue)
+                .help("also exit 1 when a target is missed"),
+        )
+}
 
 impl Settings {
     /// Defaults, overridden by `vars` (environment) then by `args` (without the program name).
@@ -166,51 +192,66 @@ impl Settings {
             seed: 42,
             strict: false,
         };
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let mut value = || {
-                it.next()
-                    .cloned()
-                    .with_context(|| format!("{a} needs a value"))
-            };
-            let secs = |v: String| -> anyhow::Result<Duration> {
-                let f: f64 = v.parse().with_context(|| format!("{a}: not a number"))?;
-                anyhow::ensure!(f.is_finite() && f >= 0.0, "{a}: must be ≥ 0");
-                Ok(Duration::from_secs_f64(f))
-            };
-            match a.as_str() {
+        let m = command()
+            .try_get_matches_from(
+                std::iter::once("slotq-loadtest").chain(args.iter().map(String::as_str)),
+            )
+            .map_err(|e| anyhow::anyhow!("{}", e.render()))?;
+        let text = |name: &str| m.get_one::<String>(name).cloned();
+        let secs = |name: &str| -> anyhow::Result<Option<Duration>> {
+            let Some(v) = text(name) else { return Ok(None) };
+            let f: f64 = v
+                .parse()
+                .with_context(|| format!("--{name}: not a number"))?;
+            anyhow::ensure!(f.is_finite() && f >= 0.0, "--{name}: must be ≥ 0");
+            Ok(Some(Duration::from_secs_f64(f)))
+        };
+        let count = |name: &str| -> anyhow::Result<Option<usize>> {
+            text(name).map(|v| count(name, &v)).transpose()
+        };
+        for raw in m.get_many::<String>("scenarios").into_iter().flatten() {
+            match raw.as_str() {
                 "all" => s.scenarios.extend(Scenario::ALL),
-                "--url" => s.url = value()?,
-                "--database-url" => s.database_url = value()?,
-                "--token" => s.token = value()?,
-                "--payment-secret" => s.payment_secret = Some(value()?),
-                "--duration" => s.duration = secs(value()?)?,
-                "--latency-duration" => s.latency_duration = secs(value()?)?,
-                "--concurrency" => s.concurrency = count(a, &value()?)?,
-                "--rate" => {
-                    s.rate = value()?.parse().context("--rate: not a number")?;
-                    anyhow::ensure!(s.rate > 0.0 && s.rate.is_finite(), "--rate must be > 0");
-                }
-                "--storm" => s.storm = count(a, &value()?)?,
-                "--storm-concurrency" => s.storm_concurrency = count(a, &value()?)?,
-                "--practitioners" => s.practitioners = count(a, &value()?)?,
-                "--search-practitioners" => s.search_practitioners = count(a, &value()?)?,
-                "--availability-requests" => s.availability_requests = count(a, &value()?)?,
-                "--mixed-practitioners" => s.mixed_practitioners = count(a, &value()?)?,
-                "--repeat" => s.repeat = count(a, &value()?)?,
-                "--no-full-baseline" => s.full_baseline = false,
-                "--json" => s.json = Some(PathBuf::from(value()?)),
-                "--decision-timeout" => s.decision_timeout = secs(value()?)?,
-                "--max-expiry-wait" => s.max_expiry_wait = secs(value()?)?,
-                "--seed" => s.seed = value()?.parse().context("--seed: not a number")?,
-                "--strict" => s.strict = true,
-                "-h" | "--help" => bail!("{USAGE}"),
-                other if other.starts_with('-') => bail!("unknown option {other:?}\n\n{USAGE}"),
                 other => s.scenarios.push(other.parse()?),
             }
         }
+        if let Some(v) = text("url") {
+            s.url = v;
+        }
+        if let Some(v) = text("database-url") {
+            s.database_url = v;
+        }
+        if let Some(v) = text("token") {
+            s.token = v;
+        }
+        if let Some(v) = text("payment-secret") {
+            s.payment_secret = Some(v);
+        }
+        s.duration = secs("duration")?.unwrap_or(s.duration);
+        s.latency_duration = secs("latency-duration")?.unwrap_or(s.latency_duration);
+        s.decision_timeout = secs("decision-timeout")?.unwrap_or(s.decision_timeout);
+        s.max_expiry_wait = secs("max-expiry-wait")?.unwrap_or(s.max_expiry_wait);
+        s.concurrency = count("concurrency")?.unwrap_or(s.concurrency);
+        s.storm = count("storm")?.unwrap_or(s.storm);
+        s.storm_concurrency = count("storm-concurrency")?.unwrap_or(s.storm_concurrency);
+        s.practitioners = count("practitioners")?.unwrap_or(s.practitioners);
+        s.search_practitioners = count("search-practitioners")?.unwrap_or(s.search_practitioners);
+        s.availability_requests =
+            count("availability-requests")?.unwrap_or(s.availability_requests);
+        s.mixed_practitioners = count("mixed-practitioners")?.unwrap_or(s.mixed_practitioners);
+        s.repeat = count("repeat")?.unwrap_or(s.repeat);
+        if let Some(v) = text("rate") {
+            s.rate = v.parse().context("--rate: not a number")?;
+            anyhow::ensure!(s.rate > 0.0 && s.rate.is_finite(), "--rate must be > 0");
+        }
+        if let Some(v) = text("seed") {
+            s.seed = v.parse().context("--seed: not a number")?;
+        }
+        s.json = text("json").map(PathBuf::from);
+        s.full_baseline = !m.get_flag("no-full-baseline");
+        s.strict = m.get_flag("strict");
         if s.scenarios.is_empty() {
-            bail!("name a scenario (or all)\n\n{USAGE}");
+            bail!("name a scenario (or all)\n\n{}", command().render_help());
         }
         // `throughput` is reported as a ratio to the baseline measured in the same run.
         if s.scenarios.contains(&Scenario::Throughput) && !s.scenarios.contains(&Scenario::Baseline)
@@ -235,8 +276,10 @@ impl Settings {
 }
 
 fn count(flag: &str, v: &str) -> anyhow::Result<usize> {
-    let n: usize = v.parse().with_context(|| format!("{flag}: not a count"))?;
-    anyhow::ensure!(n > 0, "{flag} must be at least 1");
+    let n: usize = v
+        .parse()
+        .with_context(|| format!("--{flag}: not a count"))?;
+    anyhow::ensure!(n > 0, "--{flag} must be at least 1");
     Ok(n)
 }
 
