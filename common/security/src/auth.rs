@@ -292,8 +292,12 @@ impl Verifier {
         }
         let (principal, exp, nbf) = self.verify_fully(token).await?;
         let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        // When full, the expired entries go first; only a full map of live ones is emptied.
         if verified.len() >= VERIFIED_MAX {
-            verified.clear();
+            verified.retain(|_, v| v.at.elapsed() < VERIFIED_FOR);
+            if verified.len() >= VERIFIED_MAX {
+                verified.clear();
+            }
         }
         verified.insert(
             token.to_owned(),
