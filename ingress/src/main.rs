@@ -1,6 +1,7 @@
 //! `slotq-ingress [serve|migrate|token --role <role> --sub <sub> [--patient-id ID] [--clinic-id ID] [--ttl-secs N]]`.
 
 use clap::{Arg, Command};
+use slotq_ingress::Running;
 use slotq_runtime::config::{Config, EXIT_CONFIG, Role};
 
 #[global_allocator]
@@ -130,8 +131,6 @@ fn token(config: &Config, args: &clap::ArgMatches) -> anyhow::Result<()> {
     println!("{}", mint_hs256(secret, &c)?);
     Ok(())
 }
-
-use slotq_ingress::Running;
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let (trigger, shutdown) = slotq_runtime::shutdown::channel();

@@ -206,7 +206,7 @@ impl Settings {
             anyhow::ensure!(f.is_finite() && f >= 0.0, "--{name}: must be ≥ 0");
             Ok(Some(Duration::from_secs_f64(f)))
         };
-        let count = |name: &str| -> anyhow::Result<Option<usize>> {
+        let counted = |name: &str| -> anyhow::Result<Option<usize>> {
             text(name).map(|v| count(name, &v)).transpose()
         };
         for raw in m.get_many::<String>("scenarios").into_iter().flatten() {
@@ -231,15 +231,15 @@ impl Settings {
         s.latency_duration = secs("latency-duration")?.unwrap_or(s.latency_duration);
         s.decision_timeout = secs("decision-timeout")?.unwrap_or(s.decision_timeout);
         s.max_expiry_wait = secs("max-expiry-wait")?.unwrap_or(s.max_expiry_wait);
-        s.concurrency = count("concurrency")?.unwrap_or(s.concurrency);
-        s.storm = count("storm")?.unwrap_or(s.storm);
-        s.storm_concurrency = count("storm-concurrency")?.unwrap_or(s.storm_concurrency);
-        s.practitioners = count("practitioners")?.unwrap_or(s.practitioners);
-        s.search_practitioners = count("search-practitioners")?.unwrap_or(s.search_practitioners);
+        s.concurrency = counted("concurrency")?.unwrap_or(s.concurrency);
+        s.storm = counted("storm")?.unwrap_or(s.storm);
+        s.storm_concurrency = counted("storm-concurrency")?.unwrap_or(s.storm_concurrency);
+        s.practitioners = counted("practitioners")?.unwrap_or(s.practitioners);
+        s.search_practitioners = counted("search-practitioners")?.unwrap_or(s.search_practitioners);
         s.availability_requests =
-            count("availability-requests")?.unwrap_or(s.availability_requests);
-        s.mixed_practitioners = count("mixed-practitioners")?.unwrap_or(s.mixed_practitioners);
-        s.repeat = count("repeat")?.unwrap_or(s.repeat);
+            counted("availability-requests")?.unwrap_or(s.availability_requests);
+        s.mixed_practitioners = counted("mixed-practitioners")?.unwrap_or(s.mixed_practitioners);
+        s.repeat = counted("repeat")?.unwrap_or(s.repeat);
         if let Some(v) = text("rate") {
             s.rate = v.parse().context("--rate: not a number")?;
             anyhow::ensure!(s.rate > 0.0 && s.rate.is_finite(), "--rate must be > 0");

@@ -51,7 +51,6 @@ pub async fn start(
             pool,
             producer: crate::outbox_relay::producer(kafka, client_id)
                 .context("creating the Kafka producer (KAFKA_BROKERS, KAFKA_PROPERTIES)")?,
-            topic: kafka.topic.clone(),
             kafka: kafka.clone(),
             readiness,
             batch: config.outbox.batch,

@@ -82,9 +82,7 @@ pub struct Relay {
     pub pool: PgPool,
     /// The idempotent producer.
     pub producer: FutureProducer,
-    /// Target topic.
-    pub topic: String,
-    /// The Kafka settings (to create the topic when `KAFKA_CREATE_TOPIC=1`).
+    /// The Kafka settings: the target topic, and how to create it (`KAFKA_CREATE_TOPIC=1`).
     pub kafka: KafkaConfig,
     /// Where a missing topic is reported, so `/readyz` answers 503 with the reason.
     pub readiness: Readiness,
@@ -114,7 +112,7 @@ pub struct Cycle {
 impl Relay {
     /// Runs until `shutdown`, then flushes the producer.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
-        tracing::info!(topic = %self.topic, "outbox relay started");
+        tracing::info!(topic = %self.kafka.topic, "outbox relay started");
         let mut failures: u32 = 0;
         let mut topic_ok = false;
         let mut lag_observed: Option<Instant> = None;
@@ -189,7 +187,7 @@ impl Relay {
                 key: "content-type",
                 value: Some(cloudevent::CONTENT_TYPE),
             });
-            let record = FutureRecord::to(&self.topic)
+            let record = FutureRecord::to(&self.kafka.topic)
                 .key(row.key.as_str())
                 .payload(&body)
                 .headers(headers);
@@ -245,7 +243,7 @@ impl Relay {
         match self.topic_state().await {
             TopicState::Present => {
                 if self.metrics.kafka_topic_missing.get() == 1 {
-                    tracing::info!(topic = %self.topic, "the Kafka topic exists now");
+                    tracing::info!(topic = %self.kafka.topic, "the Kafka topic exists now");
                 }
                 self.metrics.kafka_topic_missing.set(0);
                 self.readiness.clear(READINESS_KEY);
@@ -256,13 +254,14 @@ impl Relay {
                     match self.create_topic(settings).await {
                         Ok(()) => return false, // checked again after the backoff
                         Err(e) => {
-                            tracing::error!(topic = %self.topic, error = %e, "creating the Kafka topic failed")
+                            tracing::error!(topic = %self.kafka.topic, error = %e, "creating the Kafka topic failed")
                         }
                     }
                 }
-                let why = missing_topic_message(&self.topic, self.kafka.create_topic.is_some());
+                let why =
+                    missing_topic_message(&self.kafka.topic, self.kafka.create_topic.is_some());
                 if self.metrics.kafka_topic_missing.get() == 0 {
-                    tracing::error!(topic = %self.topic, "{why}");
+                    tracing::error!(topic = %self.kafka.topic, "{why}");
                 }
                 self.metrics.kafka_topic_missing.set(1);
                 self.readiness.set(READINESS_KEY, why);
@@ -277,7 +276,7 @@ impl Relay {
 
     async fn topic_state(&self) -> TopicState {
         let producer = self.producer.clone();
-        let topic = self.topic.clone();
+        let topic = self.kafka.topic.clone();
         let timeout = self.probe_timeout;
         let answer = tokio::task::spawn_blocking(move || {
             producer
@@ -302,7 +301,7 @@ impl Relay {
         let admin: AdminClient<DefaultClientContext> =
             client_config(&self.kafka, "slotq-topic-admin").create()?;
         let topic = NewTopic::new(
-            &self.topic,
+            &self.kafka.topic,
             s.partitions,
             TopicReplication::Fixed(s.replication),
         );
@@ -313,7 +312,7 @@ impl Relay {
                 Err((name, code)) => anyhow::bail!("{name}: {code}"),
             }
         }
-        tracing::info!(topic = %self.topic, partitions = s.partitions, replication = s.replication, "created the Kafka topic (KAFKA_CREATE_TOPIC=1)");
+        tracing::info!(topic = %self.kafka.topic, partitions = s.partitions, replication = s.replication, "created the Kafka topic (KAFKA_CREATE_TOPIC=1)");
         Ok(())
     }
 

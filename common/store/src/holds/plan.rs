@@ -75,13 +75,8 @@ impl Outcome {
         }
     }
 
-    /// A reschedule whose booking now has (or already had) the slot asked for; `moved` is
-    /// set by the caller when this request moved it.
-    pub fn at_slot(
-        booking: &Booking,
-        moved_from: Option<DateTime<Utc>>,
-        moved: Option<Booking>,
-    ) -> Self {
+    /// A reschedule whose booking already had the slot asked for: nothing changes.
+    pub fn already_there(booking: &Booking) -> Self {
         Outcome {
             booking_id: Some(booking.id),
             status: RequestStatus::of_booking(booking.status),
@@ -89,8 +84,18 @@ impl Outcome {
                 .hold_expires_at
                 .filter(|_| booking.status == BookingStatus::Held),
             reason: None,
-            moved,
-            previous_slot: moved_from,
+            moved: None,
+            previous_slot: None,
+        }
+    }
+
+    /// A reschedule that moved `booking` here from the slot `from`.
+    pub fn moved(booking: Booking, from: DateTime<Utc>) -> Self {
+        let at_new_slot = Outcome::already_there(&booking);
+        Outcome {
+            previous_slot: Some(from),
+            moved: Some(booking),
+            ..at_new_slot
         }
     }
 }
@@ -614,8 +619,7 @@ mod tests {
         stayed.reschedule = Some(stayed_id);
         let pending = vec![&won, &lost, &undecided, &moved, &stayed];
         let b = booking(moved_id, BookingStatus::Confirmed, at(90));
-        let mut outcome_moved = Outcome::at_slot(&b, Some(at(10)), None);
-        outcome_moved.moved = Some(b);
+        let outcome_moved = Outcome::moved(b, at(10));
         let outcomes = HashMap::from([
             (won.request_id, Outcome::held(hold_id, at(5))),
             (
@@ -625,11 +629,7 @@ mod tests {
             (moved.request_id, outcome_moved),
             (
                 stayed.request_id,
-                Outcome::at_slot(
-                    &booking(stayed_id, BookingStatus::Held, at(120)),
-                    None,
-                    None,
-                ),
+                Outcome::already_there(&booking(stayed_id, BookingStatus::Held, at(120))),
             ),
         ]);
         let d = decisions(&pending, outcomes);

@@ -260,7 +260,7 @@ pub(super) async fn move_booking(
         return Ok(Outcome::rejected(RejectionReason::BookingNotActive));
     }
     if booking.slot_start == input.slot_start {
-        return Ok(Outcome::at_slot(&booking, None, None));
+        return Ok(Outcome::already_there(&booking));
     }
     sqlx::query("SAVEPOINT reschedule")
         .execute(&mut *tx)
@@ -294,9 +294,7 @@ pub(super) async fn move_booking(
             sqlx::query("RELEASE SAVEPOINT reschedule")
                 .execute(&mut *tx)
                 .await?;
-            let mut outcome = Outcome::at_slot(&b, Some(booking.slot_start), None);
-            outcome.moved = Some(b);
-            Ok(outcome)
+            Ok(Outcome::moved(b, booking.slot_start))
         }
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
             sqlx::query("ROLLBACK TO SAVEPOINT reschedule")
