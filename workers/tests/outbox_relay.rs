@@ -69,6 +69,18 @@ async fn outbox_in_order(app: &TestApp) -> Vec<Row> {
         .collect()
 }
 
+/// A one-broker mock cluster, its bootstrap address and a fresh topic name (not created).
+fn mock_cluster() -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+    String,
+) {
+    let cluster = MockCluster::new(1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let topic = format!("booking-events-{}", Uuid::new_v4().simple());
+    (cluster, bootstrap, topic)
+}
+
 fn kafka_env(bootstrap: &str, topic: &str) -> Vec<(&'static str, String)> {
     vec![
         ("KAFKA_BROKERS", bootstrap.to_owned()),
@@ -241,9 +253,7 @@ fn assert_booking_histories(rows: &[Row]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_storms_events_arrive_exactly_once_in_commit_order_per_practitioner() {
-    let cluster = MockCluster::new(1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
-    let topic = format!("booking-events-{}", Uuid::new_v4().simple());
+    let (cluster, bootstrap, topic) = mock_cluster();
     cluster.create_topic(&topic, 4, 1).unwrap();
     let mut env = kafka_env(&bootstrap, &topic);
     env.retain(|(k, _)| *k != "OUTBOX_BATCH");
@@ -319,9 +329,7 @@ async fn a_storms_events_arrive_exactly_once_in_commit_order_per_practitioner() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn transient_produce_errors_are_retried_without_duplicates() {
-    let cluster = MockCluster::new(1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
-    let topic = format!("booking-events-{}", Uuid::new_v4().simple());
+    let (cluster, bootstrap, topic) = mock_cluster();
     cluster.create_topic(&topic, 2, 1).unwrap();
     let app = spawn(Options {
         env: kafka_env(&bootstrap, &topic),
@@ -366,9 +374,7 @@ async fn transient_produce_errors_are_retried_without_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_kafka_down_bookings_are_decided_events_wait_and_all_go_out_after_recovery() {
-    let cluster = MockCluster::new(1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
-    let topic = format!("booking-events-{}", Uuid::new_v4().simple());
+    let (cluster, bootstrap, topic) = mock_cluster();
     cluster.create_topic(&topic, 3, 1).unwrap();
     let mut env = kafka_env(&bootstrap, &topic);
     // Retention is short, but unpublished events must survive it.
@@ -476,9 +482,7 @@ async fn without_kafka_brokers_the_relay_is_off_and_events_stay_unpublished() {
 /// until the topic exists; then they are published and the workers are ready again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_missing_topic_makes_the_workers_unready_and_events_wait_until_it_exists() {
-    let cluster = MockCluster::new(1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
-    let topic = format!("booking-events-{}", Uuid::new_v4().simple());
+    let (cluster, bootstrap, topic) = mock_cluster();
     let env = kafka_env(&bootstrap, &topic);
     let app = spawn(Options {
         env: env.clone(),
@@ -525,9 +529,7 @@ async fn a_missing_topic_makes_the_workers_unready_and_events_wait_until_it_exis
 /// reported as such (not as a topic to create by hand), and the relay goes on checking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kafka_create_topic_asks_the_broker_and_reports_when_it_cannot() {
-    let cluster = MockCluster::new(1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
-    let topic = format!("booking-events-{}", Uuid::new_v4().simple());
+    let (cluster, bootstrap, topic) = mock_cluster();
     let mut env = kafka_env(&bootstrap, &topic);
     env.push(("KAFKA_CREATE_TOPIC", "1".into()));
     env.push(("KAFKA_TOPIC_PARTITIONS", "3".into()));
